@@ -1,0 +1,171 @@
+"""One storage layer for every stage: local paths, shared filesystems and object stores (``s3://``, ``gs://``).
+
+Built on fsspec (see README, "Storage"). Everything a stage writes goes through :meth:`Store.publish` /
+:meth:`Store.write_bytes`, which are atomic: on a filesystem the file is written beside its destination under a
+temporary name and renamed; on an object store it is a single PUT, so a reader never sees a half-written object
+under its final name.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import posixpath
+import shutil
+import tempfile
+import uuid
+from pathlib import Path
+from typing import Iterator
+
+import fsspec
+from fsspec.implementations.local import LocalFileSystem
+
+TMP_DIR = ".tmp"  # scratch inside a local root (same device, so publishing is a rename); scanners skip dot-dirs
+
+
+class UnsafePathError(ValueError):
+    """A relative path that would leave the store's root."""
+
+
+def check_rel(rel: str) -> str:
+    """Validate a path relative to a store root: no absolute paths, no ``..``, no empty parts."""
+    rel = str(rel).replace("\\", "/")
+    if not rel or rel.startswith("/") or "://" in rel or (len(rel) > 1 and rel[1] == ":"):
+        raise UnsafePathError(f"{rel!r}: absolute paths are not allowed here, only paths relative to the root")
+    parts = rel.split("/")
+    if any(p in ("", ".", "..") for p in parts):
+        raise UnsafePathError(f"{rel!r}: path components '', '.' and '..' are not allowed")
+    return rel
+
+
+class Store:
+    """A root directory or prefix, addressed by relative POSIX paths."""
+
+    def __init__(self, url: str | os.PathLike):
+        self.url = str(url)
+        self.fs, root = fsspec.core.url_to_fs(self.url)
+        self.is_local = isinstance(self.fs, LocalFileSystem)
+        if self.is_local:
+            root = str(Path(root).resolve())
+        self.root = root.rstrip("/") or "/"
+
+    def __repr__(self) -> str:
+        return f"Store({self.url!r})"
+
+    # paths ---------------------------------------------------------------------------------------
+    def path(self, rel: str = "") -> str:
+        """The filesystem path of ``rel`` (for fsspec calls)."""
+        return self.root if not rel else posixpath.join(self.root, check_rel(rel))
+
+    def uri(self, rel: str = "") -> str:
+        """A URL of ``rel`` to record in metadata (a plain path for local stores)."""
+        p = self.path(rel)
+        return p if self.is_local else self.fs.unstrip_protocol(p)
+
+    def rel(self, path: str) -> str:
+        """Inverse of :meth:`path`."""
+        path = self.fs._strip_protocol(path) if not self.is_local else str(Path(path).resolve())
+        return posixpath.relpath(path, self.root)
+
+    def local_path(self, rel: str = "") -> Path:
+        if not self.is_local:
+            raise ValueError(f"{self.url} is not a local path")
+        return Path(self.path(rel))
+
+    # reading ---------------------------------------------------------------------------------------
+    def exists(self, rel: str) -> bool:
+        return self.fs.exists(self.path(rel))
+
+    def size(self, rel: str) -> int:
+        return int(self.fs.size(self.path(rel)))
+
+    def read_bytes(self, rel: str) -> bytes:
+        return self.fs.cat_file(self.path(rel))
+
+    def read_json(self, rel: str):
+        return json.loads(self.read_bytes(rel))
+
+    def open(self, rel: str, mode: str = "rb"):
+        return self.fs.open(self.path(rel), mode)
+
+    def glob(self, pattern: str) -> list[str]:
+        """Relative paths matching a glob (``*/*/clip.json``); works the same on object stores."""
+        hits = self.fs.glob(self.path() + "/" + pattern)
+        return sorted(self.rel(h) for h in hits)
+
+    def find(self, rel: str = "", suffixes: tuple[str, ...] = ()) -> list[str]:
+        """Every file below ``rel`` (recursively), optionally filtered by lower-case suffix; dot-dirs skipped."""
+        base = self.path(rel) if rel else self.path()
+        if not self.fs.isdir(base):
+            return []
+        out = []
+        for p in self.fs.find(base):
+            r = self.rel(p)
+            if any(part.startswith(".") for part in r.split("/")):
+                continue
+            if not suffixes or r.lower().endswith(suffixes):
+                out.append(r)
+        return sorted(out)
+
+    @contextlib.contextmanager
+    def local_copy(self, rel: str, scratch: str | os.PathLike) -> Iterator[Path]:
+        """A local file with the content of ``rel``: the file itself on a local store, a download otherwise."""
+        if self.is_local:
+            yield Path(self.path(rel))
+            return
+        dst = Path(scratch) / f"dl-{uuid.uuid4().hex}{posixpath.splitext(rel)[1]}"
+        self.fs.get_file(self.path(rel), str(dst))
+        try:
+            yield dst
+        finally:
+            dst.unlink(missing_ok=True)
+
+    # writing (atomic) --------------------------------------------------------------------------------
+    def scratch_dir(self, prefix: str) -> Path:
+        """A private local directory for work in progress. For local roots it lives under ``ROOT/.tmp`` so that
+        :meth:`publish` is a rename; for object stores it is in the system temp dir."""
+        if self.is_local:
+            base = Path(self.path()) / TMP_DIR
+            base.mkdir(parents=True, exist_ok=True)
+            return Path(tempfile.mkdtemp(prefix=prefix, dir=base))
+        return Path(tempfile.mkdtemp(prefix=prefix))
+
+    def publish(self, local_file: str | os.PathLike, rel: str) -> int:
+        """Move a finished local file to ``rel`` atomically; returns its size in bytes."""
+        local_file = Path(local_file)
+        size = local_file.stat().st_size
+        dest = self.path(rel)
+        if self.is_local:
+            Path(dest).parent.mkdir(parents=True, exist_ok=True)
+            try:
+                os.replace(local_file, dest)
+            except OSError:  # another device: copy beside the destination, then rename
+                tmp = f"{dest}.tmp-{uuid.uuid4().hex}"
+                shutil.copyfile(local_file, tmp)
+                os.replace(tmp, dest)
+                local_file.unlink()
+        else:
+            self.fs.put_file(str(local_file), dest)  # one PUT (or a multipart upload that appears only when complete)
+            local_file.unlink()
+        return size
+
+    def write_bytes(self, rel: str, data: bytes) -> None:
+        dest = self.path(rel)
+        if self.is_local:
+            Path(dest).parent.mkdir(parents=True, exist_ok=True)
+            tmp = f"{dest}.tmp-{uuid.uuid4().hex}"
+            with open(tmp, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, dest)
+        else:
+            self.fs.pipe_file(dest, data)
+
+    def write_json(self, rel: str, obj) -> None:
+        self.write_bytes(rel, (json.dumps(obj, indent=1, sort_keys=False) + "\n").encode("utf-8"))
+
+    def remove(self, rel: str) -> None:
+        p = self.path(rel)
+        if self.fs.exists(p):
+            self.fs.rm(p, recursive=True)

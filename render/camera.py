@@ -1,0 +1,93 @@
+"""The camera model shared by every engine, the programs and the tests.
+
+Conventions (Blender/Cycles, world Z up):
+- the camera sits at the origin and looks down its local -Z axis with local +Y up; its orientation is a Blender
+  XYZ Euler triple (radians), i.e. the rotation matrix is Rz @ Ry @ Rx;
+- a world direction (x, y, z) has azimuth atan2(y, x) and elevation asin(z);
+- Cycles' equirectangular lookup is u = 0.5 - atan2(y, x) / 2pi, v = 1 - acos(z) / pi with v = 0 at the bottom row,
+  so +X is the centre column of the map and, in a top-down numpy array, row = acos(z) / pi * H;
+- the sensor is 36 mm wide and fits the larger image side (Blender's AUTO fit).
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+SENSOR_WIDTH_MM = 36.0
+SENSOR_FIT = "AUTO"
+CONVENTION = (
+    "Blender camera: looks down local -Z, +Y up, XYZ Euler (R = Rz Ry Rx), world Z up; "
+    "Cycles equirect: u = 0.5 - atan2(y, x)/2pi, v = 1 - acos(z)/pi (v = 0 at the bottom)"
+)
+
+
+def direction(azimuth: float, elevation: float) -> np.ndarray:
+    """Unit world vector for an azimuth/elevation in radians."""
+    ce = math.cos(elevation)
+    return np.array([ce * math.cos(azimuth), ce * math.sin(azimuth), math.sin(elevation)])
+
+
+def look_euler(azimuth: float, elevation: float) -> tuple[float, float, float]:
+    """Blender XYZ Euler (radians) of a camera at the origin looking along (azimuth, elevation), horizon level."""
+    return (math.pi / 2 + elevation, 0.0, azimuth - math.pi / 2)
+
+
+def euler_matrix(euler) -> np.ndarray:
+    """Rotation matrix of a Blender XYZ Euler triple (R = Rz @ Ry @ Rx)."""
+    x, y, z = euler
+    cx, sx, cy, sy, cz, sz = math.cos(x), math.sin(x), math.cos(y), math.sin(y), math.cos(z), math.sin(z)
+    rx = np.array([[1, 0, 0], [0, cx, -sx], [0, sx, cx]])
+    ry = np.array([[cy, 0, sy], [0, 1, 0], [-sy, 0, cy]])
+    rz = np.array([[cz, -sz, 0], [sz, cz, 0], [0, 0, 1]])
+    return rz @ ry @ rx
+
+
+def view_direction(euler) -> np.ndarray:
+    """World direction of the camera's optical axis (its local -Z)."""
+    return euler_matrix(euler) @ np.array([0.0, 0.0, -1.0])
+
+
+def sensor_size(width: int, height: int, sensor_width_mm: float = SENSOR_WIDTH_MM) -> tuple[float, float]:
+    """(horizontal, vertical) sensor extent in mm for Blender's AUTO fit (the sensor spans the larger side)."""
+    if width >= height:
+        return sensor_width_mm, sensor_width_mm * height / width
+    return sensor_width_mm * width / height, sensor_width_mm
+
+
+def field_of_view(focal_mm: float, width: int, height: int, sensor_width_mm: float = SENSOR_WIDTH_MM):
+    """(horizontal, vertical) field of view in radians."""
+    sw, sh = sensor_size(width, height, sensor_width_mm)
+    return 2 * math.atan(sw / (2 * focal_mm)), 2 * math.atan(sh / (2 * focal_mm))
+
+
+def pixel_rays(width, height, focal_mm, euler, sensor_width_mm=SENSOR_WIDTH_MM, offsets=(0.5, 0.5), dtype=np.float32):
+    """World ray directions (not normalised) through image positions ``(col + ox, row + oy)``, shape (H, W, 3).
+
+    Row 0 is the top of the image, as in the EXR files. ``offsets`` may be arrays broadcastable to (H, W) for
+    supersampling.
+    """
+    sw, sh = sensor_size(width, height, sensor_width_mm)
+    cols = np.arange(width, dtype=np.float64)[None, :]
+    rows = np.arange(height, dtype=np.float64)[:, None]
+    xs = ((cols + offsets[0]) / width - 0.5) * sw
+    ys = (0.5 - (rows + offsets[1]) / height) * sh
+    xs, ys = np.broadcast_arrays(xs, ys)
+    cam = np.stack([xs, ys, np.full_like(xs, -float(focal_mm))], axis=-1)
+    return (cam @ euler_matrix(euler).T).astype(dtype)
+
+
+def direction_to_equirect(dirs, width: int, height: int):
+    """Continuous (col, row) coordinates in a top-down equirect map of ``width`` x ``height`` for world directions."""
+    d = np.asarray(dirs, dtype=np.float64)
+    norm = np.linalg.norm(d, axis=-1)
+    u = 0.5 - np.arctan2(d[..., 1], d[..., 0]) / (2 * np.pi)
+    row = np.arccos(np.clip(d[..., 2] / norm, -1.0, 1.0)) / np.pi
+    return u * width, row * height
+
+
+def equirect_to_azel(col, row, width: int, height: int):
+    """Azimuth and elevation (radians) of continuous map coordinates (pixel centres are at i + 0.5)."""
+    azimuth = (0.5 - np.asarray(col) / width) * 2 * np.pi
+    elevation = np.pi / 2 - np.asarray(row) / height * np.pi
+    return azimuth, elevation

@@ -1,0 +1,333 @@
+"""One render job = one HDRI: load it once, render all its clips, publish frames, then clip.json.
+
+This is the plain function a Ray task runs (the driver in :mod:`render.run` stays thin). The same code serves every
+engine: planning, the bad-value policy, statistics, the writer, resume and bookkeeping live here once.
+"""
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import hashlib
+import os
+import platform
+import shutil
+import sys
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+import hdr
+from hdr.color import luminance
+from hdr.io import HdrImageError, equirect_problem, read_header, read_image, sanitize, write_exr
+from hdr.seeding import SEED_DERIVATION
+from hdr.storage import Store
+from render import analysis, camera, layout
+from render.engines import EngineError, HdriSource, get_engine
+from render.programs import PROGRAMS, ClipPlan, plan_clip
+
+STATS_SAMPLE = 16384  # luminance values kept per frame for clip percentiles
+
+
+@dataclass(frozen=True)
+class RenderSettings:
+    frames: int = 81
+    width: int = 1280
+    height: int = 720
+    samples: int = 16
+    seed: int = 0
+    programs: tuple[str, ...] = PROGRAMS
+    engine: str = "blender"
+    half: bool = False
+    compression: str = "zip"
+    device: str = "cpu"
+    threads: int = 0
+    overwrite: bool = False
+
+    def fingerprint(self) -> dict:
+        """What a finished clip must have been rendered with to be reused on a rerun."""
+        return {
+            "frames": self.frames,
+            "resolution": [self.width, self.height],
+            "samples": self.samples,
+            "seed": self.seed,
+            "engine": self.engine,
+            "half": self.half,
+            "compression": self.compression,
+        }
+
+
+@dataclass(frozen=True)
+class HdriTask:
+    hdris_url: str
+    hdri_rel: str
+    hdri_id: str
+    out_url: str
+    settings: RenderSettings
+
+
+@dataclass
+class HdriResult:
+    hdri_id: str
+    hdri: str
+    error: str | None = None
+    clips: dict = field(default_factory=dict)  # clip_id -> {"status": rendered|skipped|conflict|failed, ...}
+    seconds: float = 0.0
+    node: dict = field(default_factory=dict)
+
+    def count(self, status: str) -> int:
+        return sum(1 for c in self.clips.values() if c["status"] == status)
+
+
+class InputError(Exception):
+    """The HDRI itself is unusable; retrying will not help."""
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _node() -> dict:
+    info = {"hostname": platform.node(), "pid": os.getpid()}
+    if "ray" in sys.modules:
+        import ray
+
+        if ray.is_initialized():
+            info["node_id"] = ray.get_runtime_context().get_node_id()
+    return info
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+
+
+@dataclass
+class _Hdri:
+    """An HDRI ready to render: header, hash, sanitisation record, statistics and aims."""
+
+    meta: dict
+    aims: dict
+    source: HdriSource
+
+
+def _prepare_hdri(local: Path, task: HdriTask, needs: str, scratch: Path) -> _Hdri:
+    name = f"{task.hdri_rel}"
+    try:
+        header = read_header(local, name=name)
+    except HdrImageError as e:
+        raise InputError(str(e)) from e
+    problem = equirect_problem(header.width, header.height)
+    if problem:
+        raise InputError(f"{name}: {problem}")
+    try:
+        img = read_image(local)
+    except HdrImageError as e:
+        raise InputError(str(e)) from e
+    bad = sanitize(img)
+    lum_small, factor = analysis.luminance_map(img)
+    aims = analysis.aims(lum_small, factor)
+    meta = {
+        "rel": task.hdri_rel,
+        "uri": Store(task.hdris_url).uri(task.hdri_rel),
+        "sha256": _sha256(local),
+        "bytes": local.stat().st_size,
+        "format": header.format,
+        "width": header.width,
+        "height": header.height,
+        "pixel_type": header.pixel_type,
+        "compression": header.compression,
+        "sanitize": bad,
+        "radiance": analysis.radiance_stats(lum_small, max_channel=float(img.max())),
+        "radiance_note": f"statistics of the luminance map area-averaged {factor}x{factor}",
+    }
+    changed = any(bad[k] for k in ("nan", "posinf", "neginf", "negative"))
+    if needs == "pixels":
+        source = HdriSource(path=None, pixels=img, width=header.width, height=header.height)
+    elif header.format == "exr" and not changed:
+        source = HdriSource(path=local, pixels=None, width=header.width, height=header.height)
+        del img
+    else:  # .hdr, or texels were repaired: hand the engine the sanitised radiance
+        clean = scratch / "hdri_clean.exr"
+        write_exr(clean, img, compression="none")
+        meta["engine_input"] = "sanitised float32 copy (see sanitize)"
+        source = HdriSource(path=clean, pixels=None, width=header.width, height=header.height)
+        del img
+    return _Hdri(meta=meta, aims=aims, source=source)
+
+
+def _clip_record(task, plan, hdri, engine_info, frames, pooled, out_info, timing) -> dict:
+    s = task.settings
+    lum = np.concatenate(pooled) if pooled else np.zeros(1)
+    radiance = analysis.radiance_stats(lum, max_channel=max(f["stats"]["max_channel"] for f in frames))
+    radiance["min"] = min(f["stats"]["min"] for f in frames)
+    radiance["max"] = max(f["stats"]["max"] for f in frames)
+    radiance["note"] = "min/max exact over all frames; percentiles from a strided sample of each frame"
+    return {
+        "schema": layout.CLIP_SCHEMA,
+        "hdri_id": task.hdri_id,
+        "clip_id": plan.clip_id,
+        "program": plan.program,
+        "created": _now(),
+        "toolkit_version": hdr.__version__,
+        "settings": s.fingerprint(),
+        "seed": plan.seed,
+        "dataset_seed": s.seed,
+        "seed_derivation": SEED_DERIVATION.replace("key1", "hdri_id").replace("key2", "program"),
+        "hdri": hdri.meta,
+        "program_params": plan.params,
+        "camera": {
+            "location": [0.0, 0.0, 0.0],
+            "sensor_width_mm": camera.SENSOR_WIDTH_MM,
+            "sensor_fit": camera.SENSOR_FIT,
+            "euler_order": "XYZ",
+            "convention": camera.CONVENTION,
+        },
+        "output": {
+            "resolution": [s.width, s.height],
+            "frame_count": len(frames),
+            "format": "OpenEXR",
+            "channels": "RGB",
+            "colorspace": "scene-linear Rec.709 (no view transform)",
+            **out_info,
+        },
+        "engine": engine_info,
+        "radiance": radiance,
+        "timing": timing,
+        "host": _node(),
+        "frames": frames,
+    }
+
+
+def _render_clip(task: HdriTask, out: Store, engine, hdri: _Hdri, program: str, scratch: Path) -> dict:
+    s = task.settings
+    plan: ClipPlan = plan_clip(program, s.frames, s.seed, task.hdri_id, hdri.aims)
+    rel = layout.clip_rel(task.hdri_id, plan.clip_id)
+    if s.overwrite:
+        out.remove(rel)
+    else:  # a partial clip from an interrupted run: drop its stale frames and clip.json
+        for name in layout.list_files(out, rel):
+            if name.startswith("frame_") or name == layout.CLIP_JSON:
+                out.remove(f"{rel}/{name}")
+    t_start = time.perf_counter()
+    render_s = write_s = 0.0
+    frames, pooled, clamped = [], [], 0
+    out_info: dict = {}
+    it = iter(engine.render(plan, s.width, s.height, scratch))
+    for cam in plan.frames:
+        t0 = time.perf_counter()
+        img = next(it)
+        render_s += time.perf_counter() - t0
+        t0 = time.perf_counter()
+        bad = sanitize(img)  # engines should never produce these; if they do, the same policy applies and is recorded
+        lum = luminance(img)
+        tmp = scratch / f"out_{cam.index:04d}.exr"
+        out_info = write_exr(tmp, img, half=s.half, compression=s.compression)
+        clamped += out_info["clamped"]
+        name = layout.frame_name(cam.index)
+        size = out.publish(tmp, f"{rel}/{name}")
+        stride = max(1, lum.size // STATS_SAMPLE)
+        pooled.append(lum.ravel()[::stride])
+        frames.append({
+            "index": cam.index,
+            "file": name,
+            "bytes": size,
+            "focal_mm": cam.focal_mm,
+            "rotation_euler": list(cam.rotation_euler),
+            "view_direction": list(cam.view_direction()),
+            "stats": {
+                "min": float(lum.min()),
+                "max": float(lum.max()),
+                "mean": float(lum.mean()),
+                "max_channel": float(img.max()),
+                "frac_above_1": float((lum > 1.0).mean()),
+                **({"repaired_texels": {k: v for k, v in bad.items() if isinstance(v, int) and v}}
+                   if any(bad[k] for k in ("nan", "posinf", "neginf", "negative")) else {}),
+            },
+        })
+        write_s += time.perf_counter() - t0
+    total = time.perf_counter() - t_start
+    out_info = {
+        "pixel_type": out_info.get("pixel_type"),
+        "compression": out_info.get("compression"),
+        "clamp": {"value": out_info.get("clamp_value"), "texels_clamped": clamped} if s.half else None,
+    }
+    timing = {
+        "render_seconds": render_s,
+        "seconds_per_frame": render_s / max(1, len(frames)),
+        "write_seconds": write_s,
+        "total_seconds": total,
+    }
+    record = _clip_record(task, plan, hdri, engine.info(), frames, pooled, out_info, timing)
+    out.write_json(f"{rel}/{layout.CLIP_JSON}", record)  # last: marks the clip complete
+    return {"status": "rendered", "frames": len(frames), "seconds": total, "render_seconds": render_s}
+
+
+def render_hdri(task: HdriTask) -> HdriResult:
+    """Render every requested clip of one HDRI that is not already complete. Never raises for a bad input file
+    (the result carries the error); other exceptions propagate so the scheduler can retry the task."""
+    t0 = time.perf_counter()
+    s = task.settings
+    out = Store(task.out_url)
+    result = HdriResult(hdri_id=task.hdri_id, hdri=task.hdri_rel, node=_node())
+    todo = []
+    for program in s.programs:
+        state, detail = layout.clip_state(out, task.hdri_id, program, s.fingerprint())
+        if state == "complete" and not s.overwrite:
+            result.clips[program] = {"status": "skipped", "detail": detail}
+        elif state == "conflict" and not s.overwrite:
+            result.clips[program] = {"status": "conflict", "detail": f"{task.hdri_id}/{program} {detail}; "
+                                     "not overwritten (use another --out, or --overwrite)"}
+        else:
+            todo.append(program)
+    if not todo:
+        result.seconds = time.perf_counter() - t0
+        return result
+
+    scratch = out.scratch_dir(prefix=f"{task.hdri_id}-")
+    engine = None
+    try:
+        with Store(task.hdris_url).local_copy(task.hdri_rel, scratch) as local:
+            engine = get_engine(s.engine, **_engine_options(s))
+            hdri = _prepare_hdri(Path(local), task, engine.needs, scratch)
+            engine.load(hdri.source)
+            for program in todo:
+                try:
+                    result.clips[program] = _render_clip(task, out, engine, hdri, program, scratch)
+                except EngineError as e:
+                    result.clips[program] = {"status": "failed", "detail": f"{task.hdri_rel} / {program}: {e}"}
+    except InputError as e:
+        result.error = str(e)
+        for program in todo:
+            result.clips.setdefault(program, {"status": "failed", "detail": str(e)})
+    except FileNotFoundError as e:
+        result.error = f"{task.hdri_rel}: file not found ({e})"
+        for program in todo:
+            result.clips.setdefault(program, {"status": "failed", "detail": result.error})
+    finally:
+        if engine is not None:
+            engine.close()
+        shutil.rmtree(scratch, ignore_errors=True)
+    result.seconds = time.perf_counter() - t0
+    return result
+
+
+def _engine_options(s: RenderSettings) -> dict:
+    if s.engine == "blender":
+        return {"samples": s.samples, "device": s.device, "threads": s.threads}
+    return {"device": s.device}
+
+
+def describe_exception(exc: BaseException) -> str:
+    """One line for a failures file: the innermost error type and message."""
+    lines = traceback.format_exception_only(type(exc), exc)
+    return lines[-1].strip() if lines else repr(exc)
+
+
+def with_settings(task: HdriTask, **changes) -> HdriTask:
+    return dataclasses.replace(task, settings=dataclasses.replace(task.settings, **changes))

@@ -1,0 +1,279 @@
+"""``python -m render.run``: render the paper's camera programs from a folder of equirectangular HDRIs.
+
+The driver is thin: it finds the HDRIs, works out what is left to do, and fans one task per HDRI out to Ray
+(:func:`render.job.render_hdri` does the work). Rerunning the same command resumes.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime as dt
+import os
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+from tqdm import tqdm
+
+from hdr.cluster import RayOptions, run_tasks
+from hdr.io import HdrImageError, read_header
+from hdr.storage import Store
+from render import hdri as hdri_mod
+from render import layout
+from render.engines import ENGINES
+from render.job import HdriResult, HdriTask, RenderSettings, render_hdri
+from render.programs import GROUPS, PROGRAMS, parse_programs
+
+FAILURES_FILE = "render_failures.json"
+
+
+def parse_resolution(text: str) -> tuple[int, int]:
+    try:
+        w, h = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"resolution must look like 1280x720, got {text!r}") from None
+    if w < 1 or h < 1:
+        raise argparse.ArgumentTypeError(f"resolution must be positive, got {text!r}")
+    return w, h
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m render.run",
+        description="Render short HDR camera sequences (DiffHDR §3.1.1) from equirectangular HDRIs with Blender "
+        "Cycles, one Ray task per HDRI. Output: OUT/<hdri_id>/<clip_id>/frame_0000.exr ... + clip.json. "
+        "Rerun the same command to resume.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--hdris", help="folder or URL (s3://, gs://) searched recursively for .exr/.hdr maps "
+                   "[default: the 8 CC0 PolyHaven maps inside the bpy wheel]")
+    p.add_argument("--out", default="renders", help="output root: local folder or URL")
+    p.add_argument("--programs", default="all",
+                   help=f"comma list of programs ({', '.join(PROGRAMS)}) or groups ({', '.join(GROUPS)})")
+    p.add_argument("--frames", type=int, default=81, help="frames per clip")
+    p.add_argument("--resolution", type=parse_resolution, default=(1280, 720), help="WIDTHxHEIGHT")
+    p.add_argument("--samples", type=int, default=16, help="Cycles samples per pixel (anti-aliasing of the map)")
+    p.add_argument("--seed", type=int, default=0, help="dataset seed; every clip's draws derive from it")
+    p.add_argument("--engine", choices=ENGINES, default="blender")
+    p.add_argument("--device", default="cpu", help="cpu, auto, cuda, optix, hip, oneapi or metal (Cycles device)")
+    p.add_argument("--half", action="store_true",
+                   help="write half-float EXR (7.6x smaller); radiance above 65504 is clamped and the clamp recorded")
+    p.add_argument("--compression", default="zip", help="EXR compression: zip, piz, zips, none, ...")
+    p.add_argument("--overwrite", action="store_true",
+                   help="re-render clips that are complete or were made with other settings (their folders are "
+                   "replaced, including any augmentations/captions inside)")
+    p.add_argument("--dry-run", action="store_true", help="print the plan, disk and core-hour estimates; render nothing")
+    p.add_argument("--no-probe", action="store_true", help="with --dry-run: skip the one-clip timing probe")
+    g = p.add_argument_group("execution")
+    g.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else a local Ray instance)")
+    g.add_argument("--no-ray", action="store_true", help="render in this process, one HDRI after another")
+    g.add_argument("--cpus-per-task", type=int, default=min(4, os.cpu_count() or 1),
+                   help="CPUs reserved per HDRI task (also Cycles' thread count)")
+    g.add_argument("--gpus-per-task", type=float, default=0.0, help="GPUs reserved per task (with --device)")
+    g.add_argument("--retries", type=int, default=2, help="retries of a task whose worker or node died")
+    g.add_argument("--tasks-per-worker", type=int, default=4,
+                   help="recycle a worker process after this many HDRIs (bounds bpy memory growth)")
+    g.add_argument("--max-in-flight", type=int, default=0, help="tasks submitted at once (0: 2x cluster CPUs)")
+    g.add_argument("--ray-resource", action="append", default=[], metavar="NAME",
+                   help="only schedule on nodes that advertise this custom resource (e.g. blender); repeatable")
+    return p
+
+
+def estimate_task_memory(store: Store, rel: str) -> int:
+    """Bytes a render task needs for this map: bpy itself, our float32 copy, Blender's RGBA float copy."""
+    try:
+        with store.open(rel) as f:
+            h = read_header(f, name=rel)
+        texels = h.width * h.height
+    except Exception:  # noqa: BLE001  (the worker reports unreadable files properly)
+        texels = 0
+    return 800 * 1024**2 + texels * (12 + 16)
+
+
+def _states(out: Store, entries, settings: RenderSettings) -> dict:
+    """(hdri_id, program) -> (state, detail), listed in parallel (object stores pay a round trip per clip)."""
+    keys = [(e.hdri_id, p) for e in entries for p in settings.programs]
+    fp = settings.fingerprint()
+    with ThreadPoolExecutor(16) as pool:
+        states = pool.map(lambda k: layout.clip_state(out, k[0], k[1], fp), keys)
+        return dict(zip(keys, states))
+
+
+def _probe(settings: RenderSettings, hdris_url: str, entry, use_ray: bool, opts: RayOptions) -> dict | None:
+    """Render 3 frames of one clip into a temporary root: seconds per frame and bytes per frame."""
+    tmp = tempfile.mkdtemp(prefix="render-probe-")
+    program = settings.programs[0]
+    s = dataclasses.replace(settings, frames=3, programs=(program,), overwrite=False)
+    task = HdriTask(hdris_url, entry.rel, entry.hdri_id, tmp, s)
+    box = {}
+    run_tasks(render_hdri, [task], use_ray=use_ray, opts=opts,
+              on_result=lambda _t, r: box.update(result=r), on_error=lambda _t, m: box.update(error=m))
+    try:
+        meta = Store(tmp).read_json(f"{entry.hdri_id}/{program}/{layout.CLIP_JSON}")
+    except (OSError, ValueError):
+        print(f"timing probe failed: {box.get('error') or box.get('result')}", file=sys.stderr)
+        return None
+    finally:
+        import shutil
+
+        shutil.rmtree(tmp, ignore_errors=True)
+    return {
+        "seconds_per_frame": meta["timing"]["seconds_per_frame"],
+        "bytes_per_frame": sum(f["bytes"] for f in meta["frames"]) / len(meta["frames"]),
+        "threads": settings.threads,
+    }
+
+
+def _human_bytes(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if n < 1024 or unit == "TB":
+            return f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TB"
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        programs = parse_programs(args.programs)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if args.frames < 1:
+        print("error: --frames must be at least 1", file=sys.stderr)
+        return 2
+
+    hdris_url = args.hdris
+    if hdris_url is None:
+        default = hdri_mod.default_hdri_dir()
+        if default is None:
+            print("error: no --hdris given and bpy is not installed, so its bundled HDRIs cannot be used "
+                  "(pip install -e '.[render]')", file=sys.stderr)
+            return 2
+        hdris_url = str(default)
+    in_store = Store(hdris_url)
+    if not in_store.fs.isdir(in_store.path()):
+        print(f"error: --hdris {hdris_url}: no such folder", file=sys.stderr)
+        return 2
+    entries, skipped = hdri_mod.discover(in_store)
+    for rel, why in skipped:
+        print(f"skipping {in_store.uri(rel)}: {why}", file=sys.stderr)
+    if not entries:
+        print(f"error: no .exr or .hdr files found in {hdris_url}", file=sys.stderr)
+        return 2
+
+    w, h = args.resolution
+    settings = RenderSettings(frames=args.frames, width=w, height=h, samples=args.samples, seed=args.seed,
+                              programs=programs, engine=args.engine, half=args.half, compression=args.compression,
+                              device=args.device, threads=args.cpus_per_task, overwrite=args.overwrite)
+    out = Store(args.out)
+    states = _states(out, entries, settings)
+    todo_entries = [e for e in entries
+                    if any(states[(e.hdri_id, p)][0] != "complete" for p in programs)
+                    and (args.overwrite or any(states[(e.hdri_id, p)][0] != "conflict" for p in programs))]
+    n_clips = len(entries) * len(programs)
+    n_done = sum(1 for s, _ in states.values() if s == "complete")
+    conflicts = {k: d for k, (s, d) in states.items() if s == "conflict"}
+    n_todo = n_clips - n_done - (0 if args.overwrite else len(conflicts))
+    if args.overwrite:
+        n_todo = n_clips
+
+    opts = RayOptions(
+        address=args.address, num_cpus=args.cpus_per_task, num_gpus=args.gpus_per_task, max_retries=args.retries,
+        max_calls=args.tasks_per_worker, max_in_flight=args.max_in_flight,
+        resources={r: 0.01 for r in args.ray_resource},
+        py_modules=_toolkit_modules() if (args.address or os.environ.get("RAY_ADDRESS")) else [],
+    )
+    use_ray = not args.no_ray
+
+    print(f"{len(entries)} HDRIs in {hdris_url}; {len(programs)} programs x {args.frames} frames at {w}x{h}, "
+          f"{args.samples} samples, engine {args.engine} -> {out.uri()}", file=sys.stderr)
+    print(f"clips: {n_clips} planned, {n_done} already complete, {len(conflicts)} made with other settings, "
+          f"{n_todo} to render ({n_todo * args.frames} frames)", file=sys.stderr)
+
+    if args.dry_run:
+        for e in entries:
+            left = [p for p in programs if states[(e.hdri_id, p)][0] != "complete"]
+            print(f"  {e.hdri_id:32s} {in_store.uri(e.rel)}  to render: {', '.join(left) or '-'}")
+        for (hid, p), d in sorted(conflicts.items()):
+            print(f"  conflict: {hid}/{p} {d}")
+        probe = None if args.no_probe else _probe(settings, hdris_url, entries[0], use_ray, opts)
+        if probe:
+            frames = n_todo * args.frames
+            cores = args.cpus_per_task
+            print(f"probe ({entries[0].hdri_id}, 3 frames): {probe['seconds_per_frame']:.2f} s/frame on "
+                  f"{cores} cores, {_human_bytes(probe['bytes_per_frame'])}/frame")
+            print(f"estimate: {_human_bytes(probe['bytes_per_frame'] * frames)} of EXR, "
+                  f"{probe['seconds_per_frame'] * frames * cores / 3600:.2f} core-hours "
+                  f"({probe['seconds_per_frame'] * frames / 3600:.2f} h wall on one {cores}-core task slot)")
+        return 0
+
+    tasks = [HdriTask(hdris_url, e.rel, e.hdri_id, args.out, settings) for e in todo_entries]
+    failures: list[dict] = []
+    counts = {"rendered": 0, "skipped": n_done, "conflict": 0, "failed": 0}
+    for (hid, p), d in sorted(conflicts.items()):
+        if not args.overwrite:
+            counts["conflict"] += 1
+            failures.append({"hdri": hid, "clip": p, "error": f"{hid}/{p} {d}; not overwritten "
+                             "(use another --out, or --overwrite)"})
+    started = time.time()
+    bar = tqdm(total=n_todo, unit="clip", desc="render", dynamic_ncols=True, file=sys.stderr)
+
+    def on_result(task: HdriTask, res: HdriResult) -> None:
+        for clip_id, c in res.clips.items():
+            st = c["status"]
+            if st == "skipped":
+                continue  # already counted from the listing
+            counts[st] = counts.get(st, 0) + 1
+            if st in ("failed", "conflict"):
+                failures.append({"hdri": task.hdri_rel, "clip": clip_id, "error": c.get("detail")})
+            bar.update(1)
+        if res.error:
+            tqdm.write(f"failed: {res.error}", file=sys.stderr)
+        bar.set_postfix(failed=counts["failed"])
+
+    def on_error(task: HdriTask, message: str) -> None:
+        left = [p for p in programs if states[(task.hdri_id, p)][0] != "complete"]
+        counts["failed"] += len(left)
+        failures.append({"hdri": task.hdri_rel, "clip": None, "error": f"{task.hdri_rel}: {message}"})
+        tqdm.write(f"failed: {task.hdri_rel}: {message}", file=sys.stderr)
+        bar.update(len(left))
+
+    try:
+        run_tasks(render_hdri, tasks, use_ray=use_ray, opts=opts,
+                  memory_of=lambda t: estimate_task_memory(in_store, t.hdri_rel),
+                  on_result=on_result, on_error=on_error)
+    except KeyboardInterrupt:
+        bar.close()
+        print("interrupted: finished clips are kept; rerun the same command to resume", file=sys.stderr)
+        return 130
+    bar.close()
+
+    stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    record = {"command": sys.argv, "settings": dataclasses.asdict(settings), "hdris": hdris_url,
+              "started": dt.datetime.fromtimestamp(started, dt.timezone.utc).isoformat(timespec="seconds"),
+              "seconds": time.time() - started, "counts": counts, "failures": failures}
+    out.write_json(f"{layout.RUNS_DIR}/render-{stamp}-{os.getpid()}.json", record)
+    if failures:
+        out.write_json(FAILURES_FILE, {"run": record["started"], "failures": failures})
+    elif out.exists(FAILURES_FILE):
+        out.remove(FAILURES_FILE)  # stale: this run completed everything it was asked for
+    summary = (f"rendered {counts['rendered']} clips, {counts['skipped']} already complete, "
+               f"{counts['failed']} failed, {counts['conflict']} conflicting")
+    if failures:
+        print(f"{summary} -- see {out.uri(FAILURES_FILE)}", file=sys.stderr)
+        return 1
+    print(summary, file=sys.stderr)
+    return 0
+
+
+def _toolkit_modules() -> list:
+    import hdr
+    import render
+
+    return [hdr, render]
+
+
+if __name__ == "__main__":
+    sys.exit(main())
