@@ -73,7 +73,7 @@ def run_tasks(
 
     opts = opts or RayOptions()
     ray = _init_ray(opts)
-    remote = ray.remote(fn)
+    remote = ray.remote(max_calls=opts.max_calls)(fn) if opts.max_calls else ray.remote(fn)
     base = dict(
         num_cpus=opts.num_cpus,
         num_gpus=opts.num_gpus,
@@ -81,8 +81,6 @@ def run_tasks(
         retry_exceptions=opts.retry_exceptions,
         resources=opts.resources or None,
     )
-    if opts.max_calls:
-        base["max_calls"] = opts.max_calls
     limit = opts.max_in_flight or max(1, int(2 * ray.cluster_resources().get("CPU", 1) // max(opts.num_cpus, 1)))
     queue, pending = deque(items), {}
     while queue or pending:

@@ -108,7 +108,8 @@ def _exr_header(src, name: str) -> ImageHeader:
             (x0, y0), (x1, y1) = (tuple(int(v) for v in corner) for corner in hdr["dataWindow"])
             compression = _COMPRESSION_NAMES.get(str(getattr(hdr.get("compression"), "name", "")), "?")
     except Exception as e:  # noqa: BLE001  (the bindings raise RuntimeError/ValueError for damaged files)
-        raise HdrImageError(name, f"corrupt or truncated OpenEXR file ({e})") from None
+        why = str(e).replace(" '<python_buffer>'", "")
+        raise HdrImageError(name, f"corrupt or truncated OpenEXR file ({why})") from None
     types = _exr_channel_types(raw)
     colour = [n for n in names if n.split(".")[-1] in ("R", "G", "B", "Y")] or list(names)
     return ImageHeader(path=name, format="exr", width=x1 - x0 + 1, height=y1 - y0 + 1, channels=names,
