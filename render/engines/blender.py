@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import os
 import time
+import warnings
 from pathlib import Path
 from typing import Iterator
 
@@ -130,7 +131,9 @@ class BlenderEngine(Engine):
 
         world = bpy.data.worlds.new("hdri")
         scene.world = world
-        world.use_nodes = True
+        with warnings.catch_warnings():  # deprecated in 5.x (node trees become implicit), still needed on 5.0
+            warnings.simplefilter("ignore", DeprecationWarning)
+            world.use_nodes = True
         world.cycles.sampling_method = "NONE"  # no geometry: the world importance map is never used
         nodes, links = world.node_tree.nodes, world.node_tree.links
         background = next(n for n in nodes if n.bl_idname == "ShaderNodeBackground")
