@@ -40,6 +40,7 @@ class RenderSettings:
     seed: int = 0
     programs: tuple[str, ...] = PROGRAMS
     engine: str = "blender"
+    backend: str = "numpy"  # direct engine: numpy or torch
     half: bool = False
     compression: str = "zip"
     device: str = "cpu"
@@ -219,7 +220,8 @@ def _render_clip(task: HdriTask, out: Store, engine, hdri: _Hdri, program: str, 
     frames, pooled, clamped = [], [], 0
     out_info: dict = {}
     it = iter(engine.render(plan, s.width, s.height, scratch))
-    for cam in plan.frames:
+    extras = engine.frame_extras(plan, s.width, s.height)
+    for cam, extra in zip(plan.frames, extras):
         t0 = time.perf_counter()
         img = next(it)
         render_s += time.perf_counter() - t0
@@ -240,6 +242,7 @@ def _render_clip(task: HdriTask, out: Store, engine, hdri: _Hdri, program: str, 
             "focal_mm": cam.focal_mm,
             "rotation_euler": list(cam.rotation_euler),
             "view_direction": list(cam.view_direction()),
+            **extra,
             "stats": {
                 "min": float(lum.min()),
                 "max": float(lum.max()),
@@ -320,7 +323,7 @@ def render_hdri(task: HdriTask) -> HdriResult:
 def _engine_options(s: RenderSettings) -> dict:
     if s.engine == "blender":
         return {"samples": s.samples, "device": s.device, "threads": s.threads}
-    return {"device": s.device}
+    return {"samples": s.samples, "backend": s.backend, "device": s.device, "threads": s.threads}
 
 
 def describe_exception(exc: BaseException) -> str:

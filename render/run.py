@@ -55,8 +55,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resolution", type=parse_resolution, default=(1280, 720), help="WIDTHxHEIGHT")
     p.add_argument("--samples", type=int, default=16, help="Cycles samples per pixel (anti-aliasing of the map)")
     p.add_argument("--seed", type=int, default=0, help="dataset seed; every clip's draws derive from it")
-    p.add_argument("--engine", choices=ENGINES, default="blender")
-    p.add_argument("--device", default="cpu", help="cpu, auto, cuda, optix, hip, oneapi or metal (Cycles device)")
+    p.add_argument("--engine", choices=ENGINES, default="blender",
+                   help="blender (Cycles) or direct (the same frames as a re-projection; validated against Cycles)")
+    p.add_argument("--backend", choices=("numpy", "torch"), default="numpy",
+                   help="array library of the direct engine (torch runs on --device cuda when there is a GPU)")
+    p.add_argument("--device", default="cpu",
+                   help="blender: cpu, auto, cuda, optix, hip, oneapi or metal; direct+torch: cpu or cuda")
     p.add_argument("--half", action="store_true",
                    help="write half-float EXR (7.6x smaller); radiance above 65504 is clamped and the clamp recorded")
     p.add_argument("--compression", default="zip", help="EXR compression: zip, piz, zips, none, ...")
@@ -165,7 +169,7 @@ def main(argv=None) -> int:
 
     w, h = args.resolution
     settings = RenderSettings(frames=args.frames, width=w, height=h, samples=args.samples, seed=args.seed,
-                              programs=programs, engine=args.engine, half=args.half, compression=args.compression,
+                              programs=programs, engine=args.engine, backend=args.backend, half=args.half, compression=args.compression,
                               device=args.device, threads=args.cpus_per_task, overwrite=args.overwrite)
     out = Store(args.out)
     states = _states(out, entries, settings)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from render.engines.base import Engine, EngineError, HdriSource
 
-ENGINES = ("blender",)
+ENGINES = ("blender", "direct")
 
 
 def get_engine(name: str, **options) -> Engine:
@@ -12,6 +12,10 @@ def get_engine(name: str, **options) -> Engine:
         from render.engines.blender import BlenderEngine
 
         return BlenderEngine(**options)
+    if name == "direct":
+        from render.engines.direct import DirectEngine
+
+        return DirectEngine(**options)
     raise ValueError(f"unknown render engine {name!r}; choose from {', '.join(ENGINES)}")
 
 

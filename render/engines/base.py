@@ -43,5 +43,9 @@ class Engine(abc.ABC):
     def render(self, plan: ClipPlan, width: int, height: int, scratch: Path) -> Iterator[np.ndarray]:
         """Yield the clip's frames in order, float32 (H, W, 3) scene-linear Rec.709 radiance, top row first."""
 
+    def frame_extras(self, plan: ClipPlan, width: int, height: int) -> list[dict]:
+        """Per-frame facts the engine wants recorded in clip.json (e.g. texels per pixel); empty by default."""
+        return [{} for _ in plan.frames]
+
     def close(self) -> None:
         """Release what :meth:`load` took."""
