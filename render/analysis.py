@@ -20,7 +20,8 @@ HIGHLIGHT = dict(kind="brightest", sigma_deg=2.0, elevation_range_deg=(-45.0, 80
 SHADOW = dict(kind="darkest", sigma_deg=6.0, elevation_range_deg=(-35.0, 60.0))
 
 
-def luminance_map(img: np.ndarray, max_width: int = ANALYSIS_MAX_WIDTH, chunk_rows: int = 256) -> tuple[np.ndarray, int]:
+def luminance_map(img: np.ndarray, max_width: int = ANALYSIS_MAX_WIDTH,
+                  chunk_rows: int = 256) -> tuple[np.ndarray, int]:
     """Rec.709 luminance area-averaged by an integer factor so the width is at most ``max_width``.
 
     Works in row chunks, so a 16k map needs no full-size temporary. Returns (map float32, factor).

@@ -31,7 +31,8 @@ def list_files(store: Store, rel: str) -> dict[str, int]:
         entries = store.fs.ls(store.path(rel), detail=True)
     except FileNotFoundError:
         return {}
-    return {posixpath.basename(e["name"].rstrip("/")): int(e.get("size") or 0) for e in entries if e.get("type") != "directory"}
+    return {posixpath.basename(e["name"].rstrip("/")): int(e.get("size") or 0)
+            for e in entries if e.get("type") != "directory"}
 
 
 def clip_state(store: Store, hdri_id: str, clip_id: str, fingerprint: dict | None = None) -> tuple[str, str]:

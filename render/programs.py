@@ -2,9 +2,9 @@
 
 Per HDRI: highlight zoom-in/out aimed at the brightest region, shadow zoom-in/out aimed at the darkest region, and
 three rotations about the vertical axis of 120 degrees each. Zoom focal lengths: start ~ U(18, 30) mm, end
-~ U(50, 70) mm, linear in focal length over the clip; zoom-out runs from its own end draw back to its start draw. Rotation segments are
-endpoint-exclusive (yaw_i = start + 120 * i / N), so the three segments tile 360 degrees with no repeated frame and
-no gap; they share one focal length drawn per HDRI so they join into one continuous pan.
+~ U(50, 70) mm, linear in focal length over the clip; zoom-out runs from its own end draw back to its start draw.
+Rotation segments are endpoint-exclusive (yaw_i = start + 120 * i / N), so the three segments tile 360 degrees with
+no repeated frame and no gap; they share one focal length drawn per HDRI so they join into one continuous pan.
 """
 from __future__ import annotations
 
@@ -47,7 +47,8 @@ def parse_programs(spec: str | None) -> tuple[str, ...]:
         elif name in PROGRAMS:
             chosen.add(name)
         else:
-            raise ValueError(f"unknown camera program {name!r}; choose from {', '.join(PROGRAMS)} or {', '.join(GROUPS)}")
+            raise ValueError(f"unknown camera program {name!r}; "
+                             f"choose from {', '.join(PROGRAMS)} or {', '.join(GROUPS)}")
     return tuple(p for p in PROGRAMS if p in chosen)
 
 

@@ -67,7 +67,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true",
                    help="re-render clips that are complete or were made with other settings (their folders are "
                    "replaced, including any augmentations/captions inside)")
-    p.add_argument("--dry-run", action="store_true", help="print the plan, disk and core-hour estimates; render nothing")
+    p.add_argument("--dry-run", action="store_true",
+                   help="print the plan, disk and core-hour estimates; render nothing")
     p.add_argument("--no-probe", action="store_true", help="with --dry-run: skip the one-clip timing probe")
     g = p.add_argument_group("execution")
     g.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else a local Ray instance)")
@@ -169,8 +170,8 @@ def main(argv=None) -> int:
 
     w, h = args.resolution
     settings = RenderSettings(frames=args.frames, width=w, height=h, samples=args.samples, seed=args.seed,
-                              programs=programs, engine=args.engine, backend=args.backend, half=args.half, compression=args.compression,
-                              device=args.device, threads=args.cpus_per_task, overwrite=args.overwrite)
+                              programs=programs, engine=args.engine, backend=args.backend, half=args.half,
+                              compression=args.compression, device=args.device, threads=args.cpus_per_task, overwrite=args.overwrite)
     out = Store(args.out)
     states = _states(out, entries, settings)
     todo_entries = [e for e in entries

@@ -132,3 +132,22 @@ def test_cli_direct_engine_through_ray(hdri_dir, tmp_path):
     # the same output folder cannot silently switch engines
     r = cli(*[a if a != "direct" else "blender" for a in args])
     assert r.returncode == 1 and "engine 'direct' -> 'blender'" in (out / "render_failures.json").read_text()
+
+
+def test_numpy_and_torch_lookups_agree_at_the_seam_and_the_poles():
+    import torch
+
+    from render.engines.direct import _lookup, _Ops
+
+    rng = np.random.default_rng(1)
+    img = rng.random((8, 16, 3)).astype(np.float32)
+    col = np.concatenate([[0.0, 0.2, 15.9, 16.0, 7.3, 0.5], rng.random(200) * 16]).astype(np.float32)[None]
+    row = np.concatenate([[0.0, 0.1, 7.9, 8.0, 4.0, 0.25], rng.random(200) * 8]).astype(np.float32)[None]
+    np_ops, t_ops = _Ops("numpy", "cpu"), _Ops("torch", "cpu")
+    a = _lookup(np_ops, {"img": img}, col, row)
+    timg = torch.from_numpy(img)
+    b = _lookup(t_ops, {"img": timg, "padded": t_ops.padded_chw(timg)}, torch.from_numpy(col), torch.from_numpy(row))
+    np.testing.assert_allclose(b.numpy(), a, rtol=1e-5, atol=1e-6)
+    # at the top edge (row 0) the value is the mean of the first row and its mirror half a turn away
+    expect = 0.5 * (img[0, 0] + img[0, 8]) * 0.5 + 0.5 * (img[0, 15] + img[0, 7]) * 0.5
+    np.testing.assert_allclose(a[0, 0], expect, rtol=1e-5)

@@ -13,7 +13,8 @@ It reproduces, from DESIGN.md and measured against Cycles in the tests:
   texels of the equator) is computed per frame and recorded in clip.json; the sample grid is refined until samples
   are at most 0.5 texel apart (k <= 12), and beyond that the map is prefiltered by 2x2 box averaging (mip levels).
 
-Memory: the map stays float32; mip levels are built on demand (+33% at most); everything else is frame-sized.
+Memory: the map stays float32; mip levels are built on demand (+33% at most); the torch path also keeps the level in
+use as a padded channels-first copy for ``grid_sample`` (+100%); everything else is frame-sized (bands of rows).
 """
 from __future__ import annotations
 
@@ -86,7 +87,8 @@ class _Ops:
             self.device = torch.device("cuda" if device in ("cuda", "gpu") else device)
         elif backend == "numpy":
             if device not in ("cpu", "auto"):
-                raise EngineError(f"the numpy backend runs on the CPU only (got --device {device}); use --backend torch")
+                raise EngineError(f"the numpy backend runs on the CPU only (got --device {device}); "
+                                  "use --backend torch")
             self.xp = np
             self.device = None
         else:
@@ -112,6 +114,17 @@ class _Ops:
         if self.backend == "torch":
             return a.detach().to("cpu").numpy().astype(np.float32, copy=False)
         return a.astype(np.float32, copy=False)
+
+    def padded_chw(self, img):
+        """torch: the map as (1, 3, H + 2, W + 2) with a one-texel border holding what Cycles' wrap-around reads
+        (longitude wraps; across a pole the mirrored row half a turn away), for ``grid_sample``."""
+        xp = self.xp
+        chw = img.permute(2, 0, 1)
+        w = chw.shape[2]
+        top = xp.roll(chw[:, :1], w // 2, dims=2)
+        bottom = xp.roll(chw[:, -1:], w // 2, dims=2)
+        rows = xp.cat([top, chw, bottom], 1)
+        return xp.cat([rows[:, :, -1:], rows, rows[:, :, :1]], 2).unsqueeze(0).contiguous()
 
     def downsample2(self, img):
         h, w = img.shape[0] // 2 * 2, img.shape[1] // 2 * 2
@@ -146,6 +159,21 @@ def _bilinear_wrap(ops: _Ops, flat, mh: int, mw: int, col, row):
     return top * (1 - fy) + bottom * fy
 
 
+def _lookup(ops: _Ops, level, col, row):
+    """Bilinear samples (h, w, 3) at continuous texel coordinates; torch uses ``grid_sample`` on the padded map."""
+    if ops.backend == "torch":
+        import torch.nn.functional as F
+
+        padded = level["padded"]
+        ph, pw = padded.shape[2], padded.shape[3]
+        grid = ops.xp.stack([(col + 1) / pw * 2 - 1, (row + 1) / ph * 2 - 1], -1)[None]
+        out = F.grid_sample(padded, grid, mode="bilinear", padding_mode="border", align_corners=False)
+        return out[0].permute(1, 2, 0)
+    img = level["img"]
+    mh, mw = int(img.shape[0]), int(img.shape[1])
+    return _bilinear_wrap(ops, img.reshape(mh * mw, 3), mh, mw, col, row)
+
+
 def _filter_axis(ops: _Ops, a, axis: int, n_out: int, k: int, margin: int, weights) -> object:
     """Weighted sum of the supersampled samples that fall under each output pixel's filter, along one axis."""
     out = None
@@ -158,13 +186,12 @@ def _filter_axis(ops: _Ops, a, axis: int, n_out: int, k: int, margin: int, weigh
     return out
 
 
-def render_frame(ops: _Ops, level_img, focal_mm: float, euler, width: int, height: int, k: int,
+def render_frame(ops: _Ops, level: dict, focal_mm: float, euler, width: int, height: int, k: int,
                  band_rows: int = 64) -> object:
     """One frame (H, W, 3) from one map level: k x k samples per pixel on a grid shared by neighbouring pixels,
     weighted by the separable filter; processed in bands of output rows to bound memory."""
     xp = ops.xp
-    mh, mw = int(level_img.shape[0]), int(level_img.shape[1])
-    flat = level_img.reshape(mh * mw, 3)
+    mh, mw = int(level["img"].shape[0]), int(level["img"].shape[1])
     r = camera.euler_matrix(euler)
     sw, sh = camera.sensor_size(width, height)
     margin, weights = filter_weights(k)
@@ -181,7 +208,7 @@ def render_frame(ops: _Ops, level_img, focal_mm: float, euler, width: int, heigh
         norm = xp.sqrt(dx * dx + dy * dy + dz * dz)
         col = (0.5 - xp.arctan2(dy, dx) / (2 * math.pi)) * mw
         row = xp.arccos(xp.clip(dz / norm, -1.0, 1.0)) / math.pi * mh
-        samples = _bilinear_wrap(ops, flat, mh, mw, col, row)
+        samples = _lookup(ops, level, col, row)
         if k > 1:
             samples = _filter_axis(ops, samples, 1, width, k, margin, weights)
             samples = _filter_axis(ops, samples, 0, r1 - r0, k, margin, weights)
@@ -201,6 +228,7 @@ class DirectEngine(Engine):
         if backend == "torch" and self.threads > 0:
             self.ops.xp.set_num_threads(self.threads)
         self._levels: list = []
+        self._padded: dict = {}
 
     def info(self) -> dict:
         version = hdr.__version__
@@ -225,14 +253,21 @@ class DirectEngine(Engine):
         if source.pixels is None:
             raise EngineError("the direct engine needs the HDRI's pixels")
         self._levels = [self.ops.asarray(source.pixels)]  # numpy: no copy of a float32 map; torch: shares memory
+        self._padded = {}
 
-    def _level(self, k: int):
+    def _level(self, k: int) -> dict:
         while len(self._levels) <= k:
             prev = self._levels[-1]
             if min(prev.shape[:2]) < 2:
                 break
             self._levels.append(self.ops.downsample2(prev))
-        return self._levels[min(k, len(self._levels) - 1)]
+        k = min(k, len(self._levels) - 1)
+        level = {"img": self._levels[k]}
+        if self.ops.backend == "torch":
+            if k not in self._padded:
+                self._padded = {k: self.ops.padded_chw(self._levels[k])}  # one padded level at a time
+            level["padded"] = self._padded[k]
+        return level
 
     def frame_extras(self, plan: ClipPlan, width: int, height: int) -> list[dict]:
         mh = int(self._levels[0].shape[0])
@@ -254,3 +289,4 @@ class DirectEngine(Engine):
 
     def close(self) -> None:
         self._levels = []
+        self._padded = {}
