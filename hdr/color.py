@@ -4,6 +4,8 @@ Values are scene-linear Rec.709 unless a name says otherwise.
 """
 from __future__ import annotations
 
+import math
+
 # ITU-R BT.709 luma coefficients for linear RGB.
 REC709_LUMA = (0.2126, 0.7152, 0.0722)
 
@@ -37,3 +39,49 @@ def srgb_eotf(encoded):
     xp = _xp(encoded)
     x = xp.clip(encoded, 0.0, None) if xp.__name__ == "numpy" else encoded.clamp(min=0.0)
     return xp.where(x <= 0.04045, x / 12.92, ((x + 0.055) / 1.055) ** 2.4)
+
+
+def _clamp(x, lo=None, hi=None):
+    xp = _xp(x)
+    if xp.__name__ == "numpy":
+        return xp.clip(x, lo, hi)
+    return x.clamp(min=lo, max=hi)
+
+
+def _log1p(x):
+    return _xp(x).log1p(x)
+
+
+# Log-Gamma (DiffHDR eq. 3): T(x) = (log(1 + g x) / log(1 + g M))^(1/g); public code g = 2.2, M = 65536, clamp at M.
+LOG_GAMMA_G = 2.2
+LOG_GAMMA_M = 65536.0
+
+
+def log_gamma(x, g: float = LOG_GAMMA_G, m: float = LOG_GAMMA_M):
+    """Linear radiance -> [0, 1] (DiffHDR eq. 3); radiance is clamped to [0, M] first."""
+    x = _clamp(x, 0.0, m)
+    return (_log1p(g * x) / math.log1p(g * m)) ** (1.0 / g)
+
+
+def log_gamma_inverse(y, g: float = LOG_GAMMA_G, m: float = LOG_GAMMA_M):
+    """Exact inverse of :func:`log_gamma` on [0, 1]: x = (exp(y^g log(1 + g M)) - 1) / g."""
+    y = _clamp(y, 0.0, 1.0)
+    return _xp(y).expm1(y**g * math.log1p(g * m)) / g
+
+
+# mu-law tonemap (PSNR_T, HDR-V-Diff §4): T(x) = log(1 + mu x) / log(1 + mu), x normalised to [0, 1].
+MU_LAW_MU = 5000.0
+
+
+def mu_law(x, mu: float = MU_LAW_MU):
+    return _log1p(mu * _clamp(x, 0.0, None)) / math.log1p(mu)
+
+
+def mu_law_inverse(y, mu: float = MU_LAW_MU):
+    return _xp(y).expm1(y * math.log1p(mu)) / mu
+
+
+def reinhard(x):
+    """Reinhard's global operator x / (1 + x), per channel, on linear values (display-referred [0, 1) out)."""
+    x = _clamp(x, 0.0, None)
+    return x / (1.0 + x)

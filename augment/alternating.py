@@ -1,0 +1,43 @@
+"""Alternating-exposure LDR sequences for HDR-V-Diff and its baselines (Chen et al. 2021; HDR-V-Diff §3).
+
+Two exposures cycle EV {0, +3}, three cycle EV {-2, 0, +2}, frame by frame; LDR frames use gamma 2.2; the network
+input of frame k is L_k = c(I_k, I_k^gamma / e_k) (HDR-V-Diff eq. 1) with e_k = 2^EV_k the relative exposure.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from augment.degrade import Params, _like, ar1_field, camera_noise, quantize8
+from hdr.color import _xp
+
+EXPOSURE_SETS = {2: (0.0, 3.0), 3: (-2.0, 0.0, 2.0)}
+GAMMA = 2.2
+
+
+def alternating_evs(n_frames: int, n_exposures: int, start: int = 0) -> list[float]:
+    """EV of every frame, cycling the exposure set from position ``start``."""
+    evs = EXPOSURE_SETS[n_exposures]
+    return [evs[(start + t) % len(evs)] for t in range(n_frames)]
+
+
+def alternating_ldr(hdr, evs, params: Params, gamma: float = GAMMA):
+    """HDR frames (T, H, W, 3) -> 8-bit LDR frames with exposure 2^(Delta + EV_t), the clip's AR(1) noise, gamma
+    ``gamma`` and the preset's quantisation; returns (uint8 frames, exposures e_t = 2^EV_t)."""
+    xp = _xp(hdr)
+    scale = np.asarray([2.0 ** (params.exposure_stops + ev) for ev in evs], np.float32).reshape(-1, 1, 1, 1)
+    lin = hdr * _like(hdr, scale)
+    if params.noise and (params.sigma_s > 0 or params.sigma_c > 0):
+        eps = _like(hdr, ar1_field(tuple(hdr.shape), params.rho, params.seed))
+        lin = lin + camera_noise(lin, params.sigma_s, params.sigma_c, eps, params.noise_scale)
+    lin = lin.clamp(0.0, 1.0) if xp.__name__ == "torch" else np.clip(lin, 0.0, 1.0)
+    return quantize8(lin ** (1.0 / gamma), params.quantize), [float(2.0**ev) for ev in evs]
+
+
+def network_input(ldr, exposure: float, gamma: float = GAMMA, channel_axis: int = -1):
+    """L_k = c(I_k, I_k^gamma / e_k) (HDR-V-Diff eq. 1): 6 channels from an LDR frame (uint8 or [0, 1] float)."""
+    xp = _xp(ldr)
+    if xp.__name__ == "torch":
+        i = ldr.float() / 255.0 if not ldr.is_floating_point() else ldr
+        return xp.cat([i, i**gamma / exposure], dim=channel_axis)
+    i = ldr.astype(np.float32) / 255.0 if ldr.dtype == np.uint8 else ldr
+    return np.concatenate([i, i**gamma / exposure], axis=channel_axis)
