@@ -1,0 +1,128 @@
+"""Augment one rendered clip on disk: N LDR versions (PNG frames + masks + aug.json) under the clip folder.
+
+    <root>/<hdri_id>/<clip_id>/ldr/<aug_id>/frame_0000.png ... over_0000.png ... under_0000.png ... aug.json
+
+``aug.json`` is published last and marks the augmentation complete; it holds the preset, the seed and every sampled
+parameter, so the LDR frames can be re-made bit for bit. This is the plain function a Ray task runs.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import shutil
+import time
+from dataclasses import asdict, dataclass
+
+import cv2
+import numpy as np
+
+import hdr
+from augment.alternating import alternating_evs, alternating_ldr
+from augment.degrade import PRESETS, degrade, sample_params
+from augment.masks import exposure_masks_paper
+from hdr.io import read_image
+from hdr.seeding import SEED_DERIVATION, derive_seed
+from hdr.storage import Store
+from render import layout
+
+AUG_JSON = "aug.json"
+AUG_SCHEMA = "hdr-toolkit/aug/1"
+
+
+@dataclass(frozen=True)
+class AugTask:
+    root: str
+    hdri_id: str
+    clip_id: str
+    preset: str
+    per_clip: int
+    seed: int
+    alternating: int = 0  # 0: single-exposure LDR; 2 or 3: alternating exposures
+    overwrite: bool = False
+
+
+def aug_id(task: AugTask, index: int) -> str:
+    kind = f"alt{task.alternating}" if task.alternating else task.preset
+    return f"{kind}_{index:02d}"
+
+
+def _write_png(scratch, store: Store, rel: str, img: np.ndarray) -> int:
+    tmp = scratch / rel.replace("/", "_")
+    data = img[..., ::-1] if img.ndim == 3 else img  # OpenCV writes BGR
+    if not cv2.imwrite(str(tmp), np.ascontiguousarray(data)):
+        raise OSError(f"could not encode {rel}")
+    return store.publish(tmp, rel)
+
+
+def augment_clip(task: AugTask) -> dict:
+    """Write the missing augmentations of one clip; returns {aug_id: "written" | "skipped"}."""
+    store = Store(task.root)
+    crel = layout.clip_rel(task.hdri_id, task.clip_id)
+    preset = PRESETS[task.preset]
+    todo, out = [], {}
+    for i in range(task.per_clip):
+        rel = f"{crel}/ldr/{aug_id(task, i)}"
+        seed = derive_seed(task.seed, task.hdri_id, task.clip_id, "augment", aug_id(task, i))
+        if store.exists(f"{rel}/{AUG_JSON}") and not task.overwrite:
+            old = store.read_json(f"{rel}/{AUG_JSON}")
+            if old.get("seed") == seed and old.get("preset") == task.preset:
+                out[aug_id(task, i)] = "skipped"
+                continue
+            raise FileExistsError(f"{rel} exists with other settings (seed/preset); use --overwrite or another --seed")
+        todo.append((i, rel, seed))
+    if not todo:
+        return out
+    clip = store.read_json(f"{crel}/{layout.CLIP_JSON}")
+    scratch = store.scratch_dir(prefix=f"aug-{task.hdri_id}-")
+    try:
+        frames = []
+        for fr in clip["frames"]:
+            with store.local_copy(f"{crel}/{fr['file']}", scratch) as p:
+                frames.append(read_image(p))
+        hdr_frames = np.stack(frames)
+        del frames
+        for i, rel, seed in todo:
+            t0 = time.perf_counter()
+            params = sample_params(preset, seed)
+            store.remove(rel)
+            extra = {}
+            if task.alternating:
+                evs = alternating_evs(len(hdr_frames), task.alternating)
+                ldr, exposures = alternating_ldr(hdr_frames, evs, params)
+                extra = {"alternating": {"n_exposures": task.alternating, "ev": evs, "exposure": exposures,
+                                         "gamma": 2.2, "network_input": "c(I_k, I_k^2.2 / e_k), HDR-V-Diff eq. 1"}}
+            else:
+                ldr, _ = degrade(hdr_frames, params)
+            over, under = exposure_masks_paper(ldr)
+            files = []
+            for t in range(len(ldr)):
+                _write_png(scratch, store, f"{rel}/frame_{t:04d}.png", ldr[t])
+                _write_png(scratch, store, f"{rel}/over_{t:04d}.png", np.round(over[t] * 255).astype(np.uint8))
+                _write_png(scratch, store, f"{rel}/under_{t:04d}.png", np.round(under[t] * 255).astype(np.uint8))
+                files.append(f"frame_{t:04d}.png")
+            record = {
+                "schema": AUG_SCHEMA,
+                "hdri_id": task.hdri_id,
+                "clip_id": task.clip_id,
+                "aug_id": aug_id(task, i),
+                "preset": task.preset,
+                "preset_settings": asdict(preset),
+                "seed": seed,
+                "dataset_seed": task.seed,
+                "seed_derivation": SEED_DERIVATION.replace("key1", "hdri_id").replace("key2", "clip_id")
+                + " with keys (hdri_id, clip_id, 'augment', aug_id)",
+                "params": params.to_json(),
+                **extra,
+                "frames": files,
+                "masks": {"over": "over_%04d.png", "under": "under_%04d.png", "mode": "paper",
+                          "encoding": "uint8 = round(255 * mask), mask in [0, 1] after the EMA"},
+                "format": "8-bit sRGB PNG" if not task.alternating else "8-bit gamma-2.2 PNG",
+                "source_clip": {"settings": clip.get("settings"), "created": clip.get("created")},
+                "toolkit_version": hdr.__version__,
+                "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+                "seconds": time.perf_counter() - t0,
+            }
+            store.write_json(f"{rel}/{AUG_JSON}", record)  # last: marks it complete
+            out[aug_id(task, i)] = "written"
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    return out

@@ -1,0 +1,69 @@
+"""``python -m augment.run --dataset ROOT``: realistic LDR video for every rendered clip (one Ray task per clip)."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from tqdm import tqdm
+
+from augment.clip import AugTask, augment_clip
+from augment.degrade import PRESETS
+from hdr.cluster import RayOptions, run_tasks
+from hdr.storage import Store
+from render import layout
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m augment.run",
+        description="Degrade every rendered clip (DiffHDR §3.1.2) into 8-bit LDR frames, exposure masks and aug.json "
+        "under <clip>/ldr/<aug_id>/. Rerun the same command to resume.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--dataset", required=True, help="dataset root written by render.run (path or URL)")
+    p.add_argument("--preset", choices=sorted(PRESETS), default="paper")
+    p.add_argument("--per-clip", type=int, default=1, help="augmentations per clip")
+    p.add_argument("--alternating", type=int, choices=(2, 3), help="alternating-exposure sequences (HDR-V-Diff)")
+    p.add_argument("--seed", type=int, default=0, help="dataset seed")
+    p.add_argument("--overwrite", action="store_true", help="redo augmentations that exist with other settings")
+    p.add_argument("--no-ray", action="store_true", help="run in this process, one clip after another")
+    p.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else local)")
+    p.add_argument("--retries", type=int, default=2)
+    return p
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    store = Store(args.dataset)
+    clips = sorted(layout.finished_clips(store))
+    if not clips:
+        print(f"error: no rendered clips (*/*/clip.json) in {args.dataset}", file=sys.stderr)
+        return 2
+    tasks = [AugTask(args.dataset, h, c, args.preset, args.per_clip, args.seed, args.alternating or 0, args.overwrite)
+             for h, c in clips]
+    counts = {"written": 0, "skipped": 0, "failed": 0}
+    failures = []
+    bar = tqdm(total=len(tasks), unit="clip", desc="augment", file=sys.stderr, dynamic_ncols=True)
+
+    def on_result(task, res):
+        for v in res.values():
+            counts[v] += 1
+        bar.update(1)
+
+    def on_error(task, msg):
+        counts["failed"] += task.per_clip
+        failures.append(f"{task.hdri_id}/{task.clip_id}: {msg}")
+        tqdm.write(f"failed: {task.hdri_id}/{task.clip_id}: {msg}", file=sys.stderr)
+        bar.update(1)
+
+    opts = RayOptions(address=args.address, num_cpus=1, max_retries=args.retries,
+                      retry_exceptions=[OSError, MemoryError])
+    run_tasks(augment_clip, tasks, use_ray=not args.no_ray, opts=opts, on_result=on_result, on_error=on_error)
+    bar.close()
+    summary = f"wrote {counts['written']} augmentations, {counts['skipped']} already done, {counts['failed']} failed"
+    print(summary, file=sys.stderr)
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
