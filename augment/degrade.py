@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 
-from hdr.color import _xp, srgb_oetf
+from hdr.color import _xp, srgb_eotf, srgb_oetf
 
 
 @dataclass(frozen=True)
@@ -127,6 +127,45 @@ def quantize8(srgb, mode: str = "round"):
     return np.clip(x, 0, 255).astype(np.uint8)
 
 
+def _srgb_thresholds(mode: str) -> np.ndarray:
+    """Linear values at which the 8-bit sRGB code steps up: code = #{thresholds <= linear value}."""
+    k = np.arange(255, dtype=np.float64)
+    edges = (k + 0.5) / 255.0 if mode == "round" else (k + 1.0) / 255.0
+    return srgb_eotf(edges).astype(np.float32)
+
+
+_THRESHOLDS = {m: _srgb_thresholds(m) for m in ("round", "truncate")}
+
+
+def _bucket_table(t: np.ndarray) -> np.ndarray:
+    """Code at the start of every float32 bucket of equal top-16 bits (sign, exponent, 7 mantissa bits) in [0, 1]."""
+    starts = (np.arange(1 << 16, dtype=np.uint32) << 16).view(np.float32)
+    starts = np.where(np.isfinite(starts) & (starts >= 0), np.minimum(starts, 1.0), 0.0).astype(np.float32)
+    return np.searchsorted(t, starts, side="right").astype(np.uint8)
+
+
+_BUCKETS = {m: _bucket_table(t) for m, t in _THRESHOLDS.items()}
+_NEXT = {m: np.append(t, np.float32(np.inf)).astype(np.float32) for m, t in _THRESHOLDS.items()}
+
+
+def linear_to_srgb8(lin, mode: str = "round"):
+    """sRGB OETF, clip to [0, 1] and 8-bit quantisation in one exact step: the code is the number of code
+    boundaries (pre-computed in linear light) at or below the value. A 65536-entry table indexed by the top 16 bits
+    of the float32 gives the code at the start of the value's bucket; a bucket is narrow enough (0.8%) that at most
+    one more boundary can fall inside it, which one comparison settles. Identical on numpy and torch."""
+    xp = _xp(lin)
+    if xp.__name__ == "torch":
+        x = lin.float().clamp(0.0, 1.0).contiguous()
+        table = xp.as_tensor(_BUCKETS[mode], device=x.device).long()
+        nxt = xp.as_tensor(_NEXT[mode], device=x.device)
+        code = table[(x.view(xp.int32) >> 16).long()]
+        return (code + (x >= nxt[code]).long()).to(xp.uint8)
+    x = np.clip(lin, 0.0, 1.0).astype(np.float32, copy=False)
+    code = _BUCKETS[mode][x.view(np.uint32) >> 16]
+    code += x >= _NEXT[mode][code]
+    return code
+
+
 def degrade(hdr, params: Params):
     """HDR frames (T, H, W, 3) -> (uint8 sRGB frames, noisy linear frames before the OETF).
 
@@ -135,10 +174,7 @@ def degrade(hdr, params: Params):
     if params.noise and (params.sigma_s > 0 or params.sigma_c > 0):
         eps = _like(hdr, ar1_field(tuple(hdr.shape), params.rho, params.seed))
         lin = lin + camera_noise(lin, params.sigma_s, params.sigma_c, eps, params.noise_scale)
-    xp = _xp(lin)
-    srgb = srgb_oetf(lin)
-    srgb = srgb.clamp(0.0, 1.0) if xp.__name__ == "torch" else np.clip(srgb, 0.0, 1.0)
-    return quantize8(srgb, params.quantize), lin
+    return linear_to_srgb8(lin, params.quantize), lin
 
 
 def visible_noise_8bit(preset: Preset, L: float) -> float:

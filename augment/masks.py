@@ -28,9 +28,22 @@ def ema(masks, alpha: float = EMA_ALPHA):
     return xp.stack(out, 0)
 
 
+_LINEAR_OF_CODE = srgb_eotf(np.arange(256, dtype=np.float64) / 255.0).astype(np.float32)
+
+
+def _linearise(ldr):
+    """sRGB -> linear; 8-bit input through an exact 256-entry table."""
+    xp = _xp(ldr)
+    if xp.__name__ == "torch" and ldr.dtype == xp.uint8:
+        return xp.as_tensor(_LINEAR_OF_CODE, device=ldr.device)[ldr.long()]
+    if xp.__name__ == "numpy" and ldr.dtype == np.uint8:
+        return _LINEAR_OF_CODE[ldr]
+    return srgb_eotf(_as_float(ldr))
+
+
 def exposure_masks_paper(ldr, tau_high: float = TAU_HIGH, tau_low: float = TAU_LOW, alpha: float = EMA_ALPHA):
     """(over, under) float masks (T, H, W) in [0, 1] from 8-bit or [0, 1] sRGB frames (T, H, W, 3)."""
-    y = luminance(srgb_eotf(_as_float(ldr)))
+    y = luminance(_linearise(ldr))
     over = (y > tau_high) * 1.0
     under = (y < tau_low) * 1.0
     if _xp(y).__name__ == "numpy":
