@@ -43,7 +43,7 @@ class RenderSettings:
     backend: str = "numpy"  # direct engine: numpy or torch
     half: bool = False
     compression: str = "zip"
-    device: str = "cpu"
+    device: str = "auto"
     threads: int = 0
     overwrite: bool = False
 

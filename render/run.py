@@ -59,8 +59,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="blender (Cycles) or direct (the same frames as a re-projection; validated against Cycles)")
     p.add_argument("--backend", choices=("numpy", "torch"), default="numpy",
                    help="array library of the direct engine (torch runs on --device cuda when there is a GPU)")
-    p.add_argument("--device", default="cpu",
-                   help="blender: cpu, auto, cuda, optix, hip, oneapi or metal; direct+torch: cpu or cuda")
+    p.add_argument("--device", default="auto",
+                   help="auto (a GPU when Blender/torch sees one, else the CPU), cpu; blender also cuda, optix, hip, "
+                   "oneapi, metal; direct+torch also cuda")
     p.add_argument("--half", action="store_true",
                    help="write half-float EXR (7.6x smaller); radiance above 65504 is clamped and the clamp recorded")
     p.add_argument("--compression", default="zip", help="EXR compression: zip, piz, zips, none, ...")

@@ -104,7 +104,8 @@ class BlenderEngine(Engine):
         bpy.context.preferences.edit.keyframe_new_interpolation_type = "LINEAR"
         scene = bpy.context.scene
         scene.render.engine = "CYCLES"  # the reset selects EEVEE
-        self._device_used = self._setup_device(scene)
+        with _quiet(Path(os.devnull)):  # Cycles reports every GPU library it cannot open
+            self._device_used = self._setup_device(scene)
         cyc = scene.cycles
         cyc.samples = self.samples
         cyc.use_adaptive_sampling = False

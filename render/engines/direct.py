@@ -84,6 +84,8 @@ class _Ops:
             import torch
 
             self.xp = torch
+            if device == "auto":
+                device = "cuda" if torch.cuda.is_available() else "cpu"
             self.device = torch.device("cuda" if device in ("cuda", "gpu") else device)
         elif backend == "numpy":
             if device not in ("cpu", "auto"):
