@@ -1,288 +1,360 @@
 """HDR image file IO: the one place that reads and writes OpenEXR and Radiance .hdr files, and the one place that
 decides what happens to texels that are not valid radiance (:func:`sanitize`).
 
-Arrays are float32 (H, W, 3), RGB, row 0 at the TOP of the image (as OpenEXR and OpenCV store them).
+Images are float32 arrays (H, W, 3), RGB, row 0 at the TOP of the image (as OpenEXR and OpenCV store them).
+Files are judged by their content, never by their extension; every bad input raises :class:`HdrImageError`,
+whose message starts with the file's name.
 """
 from __future__ import annotations
 
 import os
+import struct
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
+import cv2
 import numpy as np
+import OpenEXR
 
 HALF_MAX = 65504.0
 SANITIZE_POLICY = "nan->0, -inf->0, negative->0, +inf->max finite"
 
-_FORMAT_NAMES = {
-    "png": "an 8-bit PNG image",
-    "jpeg": "a JPEG image",
-    "tiff": "a TIFF image",
-    "webp": "a WebP image",
-    "unknown": "not a recognised image format",
+# Compression names ("none", "zip", "dwab", "htj2k256", ...) -> the installed library's enum, in file-code order.
+_EXR_COMPRESSION_ENUMS: dict[str, OpenEXR.Compression] = {
+    ("none" if c.name == "NO_COMPRESSION" else c.name.removesuffix("_COMPRESSION").lower()): c
+    for c in sorted(OpenEXR.Compression.__members__.values(), key=int) if c.name != "NUM_COMPRESSION_METHODS"
 }
+EXR_COMPRESSIONS: tuple[str, ...] = tuple(_EXR_COMPRESSION_ENUMS)
+_EXR_COMPRESSION_NAMES = {int(c): n for n, c in _EXR_COMPRESSION_ENUMS.items()}
+_EXR_PIXEL_TYPES = {0: "uint32", 1: "half", 2: "float32"}
+_EXR_NEEDED = frozenset({"channels", "compression", "dataWindow"})
+_HEAD_BYTES = 256 * 1024  # read_header never reads more than this
+_EXPECTED = "expected OpenEXR (.exr) or Radiance (.hdr)"
 
 
 class HdrImageError(ValueError):
     """A bad input image; ``str(e)`` starts with the file's name, then the problem in plain words."""
 
-    def __init__(self, path, problem: str):
-        self.path = str(path)
+    def __init__(self, path: str | os.PathLike, problem: str):
+        self.path = os.fspath(path)
         super().__init__(f"{self.path}: {problem}")
+
+
+@dataclass(frozen=True)
+class ImageHeader:
+    """What a file's header says, enough to size a job without decoding pixels."""
+
+    path: str
+    format: str  # "exr" | "hdr"
+    width: int
+    height: int
+    channels: tuple[str, ...]  # as stored (EXR sorts them: "B", "G", "R"); ("R", "G", "B") for .hdr
+    pixel_type: str  # of the colour channels: "float32" | "half" | "uint32" (EXR), "rgbe" (.hdr)
+    compression: str | None  # one of EXR_COMPRESSIONS; None for .hdr
+
+    def nbytes_float32_rgb(self) -> int:
+        """Size of the decoded image as returned by :func:`read_image`."""
+        return self.width * self.height * 3 * 4
 
 
 def sniff_format(head: bytes) -> str:
     """The format of a file from its first bytes: exr, hdr, png, jpeg, tiff, webp or unknown."""
-    if head[:4] == b"\x76\x2f\x31\x01":
+    if head.startswith(b"\x76\x2f\x31\x01"):
         return "exr"
     if head.startswith((b"#?RADIANCE", b"#?RGBE")):
         return "hdr"
     if head.startswith(b"\x89PNG\r\n\x1a\n"):
         return "png"
-    if head[:3] == b"\xff\xd8\xff":
+    if head.startswith(b"\xff\xd8\xff"):
         return "jpeg"
-    if head[:4] in (b"II*\x00", b"MM\x00*"):
+    if head.startswith((b"II*\x00", b"MM\x00*")):
         return "tiff"
-    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+    if head.startswith(b"RIFF") and head[8:12] == b"WEBP":
         return "webp"
     return "unknown"
 
 
-def _not_hdr(path, fmt: str) -> HdrImageError:
-    return HdrImageError(path, f"not an HDR map ({_FORMAT_NAMES[fmt]}); expected OpenEXR (.exr) or Radiance (.hdr)")
+def _not_hdr(name: str, fmt: str, head: bytes) -> HdrImageError:
+    """The error for content that is not an HDR image, phrased after what the file's name promised."""
+    promised = {".exr": "an OpenEXR file", ".hdr": "a Radiance .hdr file"}.get(Path(name).suffix.lower(),
+                                                                                "an HDR image")
+    depth = head[24] if len(head) > 24 else 8  # PNG: bit depth in the IHDR chunk (1, 2, 4, 8 or 16)
+    found = {
+        "png": f"it is {'an' if depth == 8 else 'a'} {depth}-bit PNG image",
+        "jpeg": "it is a JPEG image",
+        "tiff": "it is a TIFF image",
+        "webp": "it is a WebP image",
+    }.get(fmt, "unrecognised content")
+    return HdrImageError(name, f"not {promised} ({found}); {_EXPECTED}")
 
 
-@dataclass(frozen=True)
-class ImageHeader:
-    path: str
-    format: str  # "exr" | "hdr"
-    width: int
-    height: int
-    channels: tuple[str, ...]
-    pixel_type: str  # "float32" | "half" | "uint32" (EXR colour channels) | "rgbe" (.hdr)
-    compression: str | None
-
-    def nbytes_float32_rgb(self) -> int:
-        return self.width * self.height * 3 * 4
+def _read_up_to(f: BinaryIO, n: int) -> bytes:
+    """Up to ``n`` bytes; fewer only at the end of the file (raw streams may return short reads)."""
+    parts = []
+    while n > 0 and (part := f.read(n)):
+        parts.append(part)
+        n -= len(part)
+    return b"".join(parts)
 
 
-_COMPRESSIONS = ("none", "rle", "zips", "zip", "piz", "pxr24", "b44", "b44a", "dwaa", "dwab", "zstd")
+def _cut_header(name: str, head: bytes, kind: str) -> HdrImageError:
+    if len(head) < _HEAD_BYTES:
+        return HdrImageError(name, f"truncated {kind} header")
+    return HdrImageError(name, f"corrupt {kind} header (not complete within {_HEAD_BYTES // 1024} KiB)")
 
 
-def _compression_enum_name(name: str) -> str:
-    return "NO_COMPRESSION" if name == "none" else f"{name.upper()}_COMPRESSION"
+def _colour_channels(names: list[str]) -> tuple[str, str, str] | None:
+    """The channels :func:`read_image` turns into R, G, B: those of the default layer, else gray "Y",
+    else those of the first layer (e.g. "diffuse.R") that has all three; None if there are none."""
+    present = set(names)
+    if not {"R", "G", "B"} <= present and "Y" in present:
+        return ("Y", "Y", "Y")
+    for prefix in [""] + [n[:-1] for n in names if n.endswith(".R")]:
+        rgb = (prefix + "R", prefix + "G", prefix + "B")
+        if present.issuperset(rgb):
+            return rgb
+    return None
 
 
-_COMPRESSION_NAMES = {_compression_enum_name(c): c for c in _COMPRESSIONS}
+def _parse_exr_header(head: bytes, name: str) -> tuple[ImageHeader, dict[str, str]]:
+    """Header of the (first part of an) OpenEXR file from its first bytes, and the pixel type of every channel.
+
+    Layout: magic, version, then attributes ``name\\0 type\\0 int32 size, value`` up to an empty name."""
+
+    def corrupt(problem: str) -> HdrImageError:
+        return HdrImageError(name, f"corrupt OpenEXR header: {problem}")
+
+    if len(head) < 8:
+        raise _cut_header(name, head, "OpenEXR")
+    if head[4] != 2:
+        raise corrupt(f"unsupported file version {head[4]}")
+    attrs: dict[str, bytes] = {}
+    pos = 8
+    while not _EXR_NEEDED <= attrs.keys():
+        if head[pos : pos + 1] == b"\0":  # end of the header
+            raise corrupt(f"no {', '.join(sorted(_EXR_NEEDED - attrs.keys()))} attribute")
+        name_end = head.find(b"\0", pos)
+        type_end = head.find(b"\0", name_end + 1) if name_end >= 0 else -1
+        if type_end < 0 or type_end + 5 > len(head):
+            raise _cut_header(name, head, "OpenEXR")
+        (size,) = struct.unpack_from("<i", head, type_end + 1)
+        start, end = type_end + 5, type_end + 5 + size
+        if size < 0:
+            raise corrupt(f"negative attribute size {size}")
+        if end > len(head):
+            raise _cut_header(name, head, "OpenEXR")
+        key = head[pos:name_end].decode("latin-1")
+        if key in _EXR_NEEDED:
+            attrs[key] = head[start:end]
+        pos = end
+
+    types: dict[str, str] = {}  # chlist: per channel name\0, int32 pixel type, 12 more bytes; then \0
+    chlist, i = attrs["channels"], 0
+    while i < len(chlist) and chlist[i]:
+        end = chlist.find(b"\0", i)
+        if end < 0 or end + 17 > len(chlist):
+            raise corrupt("damaged channel list")
+        code = int.from_bytes(chlist[end + 1 : end + 5], "little")
+        if code not in _EXR_PIXEL_TYPES:
+            raise corrupt(f"unknown pixel type {code}")
+        types[chlist[i:end].decode("utf-8", "replace")] = _EXR_PIXEL_TYPES[code]
+        i = end + 17
+    if len(attrs["dataWindow"]) != 16 or len(attrs["compression"]) != 1:
+        raise corrupt("damaged dataWindow or compression attribute")
+    x0, y0, x1, y1 = struct.unpack("<4i", attrs["dataWindow"])
+    width, height = x1 - x0 + 1, y1 - y0 + 1
+    if width <= 0 or height <= 0:
+        raise corrupt(f"empty data window ({width}x{height})")
+    code = attrs["compression"][0]
+    if code not in _EXR_COMPRESSION_NAMES:
+        raise HdrImageError(name, f"OpenEXR compression code {code} is not supported by the installed OpenEXR")
+    colour = _colour_channels(list(types))
+    if colour is None:
+        raise HdrImageError(name, f"no colour channels (R, G, B or Y) among {', '.join(types) or 'none'}")
+    header = ImageHeader(path=name, format="exr", width=width, height=height, channels=tuple(types),
+                         pixel_type="+".join(dict.fromkeys(types[c] for c in colour)),
+                         compression=_EXR_COMPRESSION_NAMES[code])
+    return header, types
 
 
-def _exr_channel_types(head: bytes) -> dict[str, str]:
-    """Pixel type of each channel from the raw ``channels`` (chlist) attribute of the first EXR header.
-
-    The OpenEXR bindings give channel names without their pixel type when reading a header only."""
-    key = b"channels\0chlist\0"
-    i = head.find(key)
-    if i < 0:
-        return {}
-    i += len(key)
-    size = int.from_bytes(head[i : i + 4], "little")
-    data, out, j = head[i + 4 : i + 4 + size], {}, 0
-    while j < len(data) and data[j] != 0:
-        end = data.index(b"\0", j)
-        ptype = int.from_bytes(data[end + 1 : end + 5], "little")
-        out[data[j:end].decode("utf-8", "replace")] = {0: "uint32", 1: "half", 2: "float32"}.get(ptype, "?")
-        j = end + 1 + 16
-    return out
-
-
-def _exr_header(src, name: str) -> ImageHeader:
-    import OpenEXR
-
-    start = src.tell()
-    raw = src.read(1 << 16)
-    src.seek(start)
-    try:
-        with OpenEXR.File(src, header_only=True) as f:
-            hdr = f.header()  # valid only while the file is open
-            names = tuple(c.name for c in hdr["channels"])
-            (x0, y0), (x1, y1) = (tuple(int(v) for v in corner) for corner in hdr["dataWindow"])
-            compression = _COMPRESSION_NAMES.get(str(getattr(hdr.get("compression"), "name", "")), "?")
-    except Exception as e:  # noqa: BLE001  (the bindings raise RuntimeError/ValueError for damaged files)
-        why = str(e).replace(" '<python_buffer>'", "")
-        raise HdrImageError(name, f"corrupt or truncated OpenEXR file ({why})") from None
-    types = _exr_channel_types(raw)
-    colour = [n for n in names if n.split(".")[-1] in ("R", "G", "B", "Y")] or list(names)
-    return ImageHeader(path=name, format="exr", width=x1 - x0 + 1, height=y1 - y0 + 1, channels=names,
-                       pixel_type=types.get(colour[0], "?") if colour else "?", compression=compression)
-
-
-def _hdr_header(f, name: str) -> ImageHeader:
-    for _ in range(256):  # header lines, then a blank line, then the resolution line
-        line = f.readline(4096)
-        if not line:
-            raise HdrImageError(name, "truncated Radiance header")
-        if line.strip() == b"":
-            break
-    else:
-        raise HdrImageError(name, "Radiance header has no end")
-    res = f.readline(256).split()
-    if len(res) != 4:
-        raise HdrImageError(name, "Radiance file has no resolution line")
-    if res[0] != b"-Y" or res[2] != b"+X":
-        raise HdrImageError(name, f"unsupported Radiance orientation {b' '.join(res).decode(errors='replace')!r}"
-                            " (only '-Y H +X W')")
-    return ImageHeader(path=name, format="hdr", width=int(res[3]), height=int(res[1]), channels=("R", "G", "B"),
+def _parse_hdr_header(head: bytes, name: str) -> ImageHeader:
+    """Header of a Radiance file: text lines, a blank line, then the resolution line ``-Y H +X W``."""
+    end = head.find(b"\n\n")
+    res_end = head.find(b"\n", end + 2) if end >= 0 else -1
+    if res_end < 0:
+        raise _cut_header(name, head, "Radiance")
+    fmt = next((line[7:].strip() for line in head[:end].split(b"\n") if line.startswith(b"FORMAT=")), b"")
+    if fmt not in (b"", b"32-bit_rle_rgbe"):
+        raise HdrImageError(name, f"unsupported Radiance pixel format {fmt.decode(errors='replace')!r} "
+                            "(only 32-bit_rle_rgbe)")
+    res = head[end + 2 : res_end].decode(errors="replace")
+    parts = res.split()
+    if len(parts) != 4 or not (parts[1].isdigit() and parts[3].isdigit()) or int(parts[1]) * int(parts[3]) == 0:
+        raise HdrImageError(name, f"corrupt Radiance header: bad resolution line {res!r}")
+    if parts[0] != "-Y" or parts[2] != "+X":
+        raise HdrImageError(name, f"unsupported Radiance orientation {res!r} (only '-Y height +X width')")
+    return ImageHeader(path=name, format="hdr", width=int(parts[3]), height=int(parts[1]), channels=("R", "G", "B"),
                        pixel_type="rgbe", compression=None)
 
 
-def read_header(source, name: str | None = None) -> ImageHeader:
-    """Size, channels, pixel type and compression of an .exr/.hdr file, without decoding pixels.
-
-    ``source`` is a local path or a readable binary file object (e.g. from ``fsspec.open``), so the size of a map
-    on object storage is known without downloading it.
-    """
+def _probe(source: str | os.PathLike | BinaryIO, name: str | None) -> tuple[ImageHeader, dict[str, str]]:
+    """The header of ``source``, and (EXR only) the pixel type of each channel."""
     if isinstance(source, (str, os.PathLike)):
-        name = name or str(source)
+        name = name or os.fspath(source)
         try:
             with open(source, "rb") as f:
-                return read_header(f, name)
+                head = _read_up_to(f, _HEAD_BYTES)
         except FileNotFoundError:
             raise HdrImageError(name, "file not found") from None
-    name = name or str(getattr(source, "name", "<stream>"))
-    start = source.tell()
-    head = source.read(16)
-    if not head:
-        raise HdrImageError(name, "empty file")
-    fmt = sniff_format(head)
-    source.seek(start)
-    if fmt == "exr":
-        return _exr_header(source, name)
-    if fmt == "hdr":
-        return _hdr_header(source, name)
-    raise _not_hdr(name, fmt)
-
-
-def _pick_rgb(channels: dict, name: str) -> np.ndarray:
-    """Colour pixels from OpenEXR's grouped channels: RGB/RGBA, separate R,G,B, gray Y, or the first RGB layer."""
-    for key in ("RGB", "RGBA"):
-        if key in channels:
-            return channels[key].pixels[..., :3]
-    if all(k in channels for k in "RGB"):
-        return np.stack([channels[k].pixels for k in "RGB"], axis=-1)
-    if "Y" in channels:
-        y = channels["Y"].pixels
-        return np.repeat(y[..., None], 3, axis=-1)
-    for key in sorted(channels):  # layers such as "diffuse" grouped into (H, W, 3|4)
-        px = channels[key].pixels
-        if px.ndim == 3 and px.shape[-1] in (3, 4):
-            return px[..., :3]
-    raise HdrImageError(name, f"no colour channels (R, G, B or Y) among {sorted(channels)}")
-
-
-def read_image(path) -> np.ndarray:
-    """Decode an OpenEXR or Radiance .hdr file (content sniffed, never trusted from the extension) to float32
-    (H, W, 3) RGB. Bad files raise :class:`HdrImageError` naming the file."""
-    name = str(path)
-    try:
-        with open(path, "rb") as f:
-            head = f.read(16)
-    except FileNotFoundError:
-        raise HdrImageError(name, "file not found") from None
+    else:
+        name = name or str(getattr(source, "name", None) or "<stream>")
+        head = _read_up_to(source, _HEAD_BYTES)
     if not head:
         raise HdrImageError(name, "empty file")
     fmt = sniff_format(head)
     if fmt == "exr":
-        import OpenEXR
-
-        try:
-            with OpenEXR.File(name) as f:
-                rgb = _pick_rgb(f.channels(), name)
-        except HdrImageError:
-            raise
-        except Exception as e:  # noqa: BLE001
-            raise HdrImageError(name, f"corrupt or truncated OpenEXR file ({e})") from None
-        return np.ascontiguousarray(rgb, dtype=np.float32)
+        return _parse_exr_header(head, name)
     if fmt == "hdr":
-        import cv2
+        return _parse_hdr_header(head, name), {}
+    raise _not_hdr(name, fmt, head)
 
-        _hdr_header(open(path, "rb"), name)  # orientation and size are checked before decoding
-        img = cv2.imread(name, cv2.IMREAD_ANYDEPTH | cv2.IMREAD_COLOR)
-        if img is None:
+
+def read_header(source: str | os.PathLike | BinaryIO, name: str | None = None) -> ImageHeader:
+    """Size, channels, pixel type and compression of an .exr/.hdr file, from at most 256 KiB of it.
+
+    ``source`` is a local path or a readable binary file object positioned at the file's start (e.g. from
+    ``fsspec.open``), so maps on object storage are sized without downloading them. ``name`` names the file in
+    errors (default: the path, or the file object's ``name``). Multi-part EXR: the first part.
+    """
+    return _probe(source, name)[0]
+
+
+def read_image(path: str | os.PathLike, name: str | None = None) -> np.ndarray:
+    """Decode a local OpenEXR or Radiance .hdr file to a float32 (H, W, 3) RGB array (alpha dropped, gray "Y"
+    replicated). ``name`` names the file in errors (default: ``path``)."""
+    header, types = _probe(path, name)
+    name, path = header.path, os.fspath(path)
+    if header.format == "hdr":
+        img = cv2.imread(path, cv2.IMREAD_ANYDEPTH | cv2.IMREAD_ANYCOLOR)  # BGR float32
+        if img is None or img.shape != (header.height, header.width, 3):
             raise HdrImageError(name, "corrupt or truncated Radiance .hdr file")
-        img = img.astype(np.float32, copy=False)
-        cv2.cvtColor(img, cv2.COLOR_BGR2RGB, dst=img)  # in place: no second full-size copy
-        return img
-    raise _not_hdr(name, fmt)
+        # In place; OpenCV still copies the source internally, but imread itself already peaked at 2x.
+        return cv2.cvtColor(img, cv2.COLOR_BGR2RGB, dst=img)
+
+    rgb = _colour_channels(list(types))
+    # The bindings group R,G,B(,A) of a layer into one (H, W, 3|4) array (no extra copy for float32 RGB), but
+    # refuse to group channels of differing pixel types: then read planes and assemble them here.
+    grouped = rgb[0] != "Y" and len(set(types.values())) == 1
+    layer = rgb[0][:-2]  # "diffuse" for "diffuse.R", "" for the default layer
+    keys = [layer or ("RGBA" if "A" in types else "RGB")] if grouped else rgb
+    try:
+        with OpenEXR.File(path, separate_channels=not grouped) as f:
+            # Pixel-data errors are only printed to stderr by the bindings, which then hold no parts.
+            # The channel dict is emptied when the file closes: take the arrays out first.
+            arrays = [f.channels()[k].pixels for k in keys] if f.parts else None
+    except (RuntimeError, ValueError) as e:  # RuntimeError "Unable to open ... for read" for damaged headers
+        raise HdrImageError(name, f"corrupt or truncated OpenEXR file: {e}") from None
+    if arrays is None:
+        raise HdrImageError(name, "corrupt or truncated OpenEXR file: its pixel data could not be decoded "
+                            "(the OpenEXR library printed the details to stderr)")
+    if grouped:
+        return np.ascontiguousarray(arrays[0][..., :3], dtype=np.float32)
+    img = np.empty((header.height, header.width, 3), np.float32)
+    for i, plane in enumerate(arrays):
+        img[..., i] = plane
+    return img
+
+
+def _row_slices(rows: int, chunk_rows: int) -> Iterator[slice]:
+    return (slice(r, r + chunk_rows) for r in range(0, rows, chunk_rows))
 
 
 def sanitize(img: np.ndarray, chunk_rows: int = 256) -> dict:
-    """Make every texel valid radiance, in place, and count what changed. THE policy of the toolkit:
-    NaN -> 0, -inf -> 0, negative -> 0 (radiance is never negative; lossy DWAA/DWAB rings below 0 around bright
-    edges), +inf -> the largest finite value of the image. Works in row chunks so 16k maps need no big masks."""
+    """Make every texel of a float32 image valid radiance, in place, and count what changed (array elements).
+
+    THE policy of the toolkit: NaN -> 0, -inf -> 0, negative -> 0 (radiance is never negative; lossy DWAA/DWAB
+    rings below 0 around bright edges), +inf -> the largest finite value of the image (0 if none). Works in row
+    chunks so the masks of a 16k map stay small; ``posinf_replaced_with`` is 0.0 when there was no +inf.
+    """
+    if img.dtype != np.float32:
+        raise TypeError(f"sanitize works in place on float32 arrays, got {img.dtype}")
     counts = {"nan": 0, "posinf": 0, "neginf": 0, "negative": 0}
     finite_max = 0.0
-    for r in range(0, img.shape[0], chunk_rows):
-        c = img[r : r + chunk_rows]
-        fin = np.isfinite(c)
-        if fin.any():
-            finite_max = max(finite_max, float(c[fin].max()))
-        if not fin.all():
-            counts["nan"] += int(np.isnan(c).sum())
-            counts["posinf"] += int(np.isposinf(c).sum())
-            counts["neginf"] += int(np.isneginf(c).sum())
-    replace = max(finite_max, 0.0)
-    for r in range(0, img.shape[0], chunk_rows):
-        c = img[r : r + chunk_rows]
-        if counts["nan"] or counts["posinf"] or counts["neginf"]:
-            np.nan_to_num(c, copy=False, nan=0.0, posinf=replace, neginf=0.0)
-        neg = c < 0
-        n = int(neg.sum())
-        if n:
-            counts["negative"] += n
-            c[neg] = 0.0
-    return {**counts, "posinf_replaced_with": replace if counts["posinf"] else None, "policy": SANITIZE_POLICY}
+    dirty = []
+    for rows in _row_slices(img.shape[0], chunk_rows):  # pass 1: count, and find the largest finite value
+        c = img[rows]
+        finite = np.isfinite(c)
+        bad = c.size - np.count_nonzero(finite)
+        below_zero = np.count_nonzero(c < 0)  # includes -inf
+        if bad:
+            nan, posinf = np.count_nonzero(np.isnan(c)), np.count_nonzero(np.isposinf(c))
+            neginf = bad - nan - posinf
+            counts["nan"] += nan
+            counts["posinf"] += posinf
+            counts["neginf"] += neginf
+            below_zero -= neginf
+            finite_max = max(finite_max, float(c.max(initial=0.0, where=finite)))
+        elif c.size:
+            finite_max = max(finite_max, float(c.max()))
+        counts["negative"] += below_zero
+        if bad or below_zero:
+            dirty.append(rows)
+    for rows in dirty:  # pass 2: repair only the chunks that need it
+        c = img[rows]
+        np.nan_to_num(c, copy=False, nan=0.0, posinf=finite_max, neginf=0.0)
+        np.maximum(c, 0.0, out=c)
+    return {**counts, "posinf_replaced_with": finite_max if counts["posinf"] else 0.0, "policy": SANITIZE_POLICY}
 
 
 def equirect_problem(width: int, height: int) -> str | None:
     """None for a 2:1 equirectangular map, else what is wrong."""
-    if width == 2 * height and height > 0:
+    if height > 0 and width == 2 * height:
         return None
     return f"not a 2:1 equirectangular map ({width}x{height})"
 
 
-
-
-def write_exr(path, img: np.ndarray, *, half: bool = False, compression: str = "zip") -> dict:
-    """Write RGB radiance as a scanline OpenEXR (channels R, G, B) to a local path. float32 by default; ``half``
-    clamps to 65504 first (counted) so no inf is ever written. Non-finite input raises ValueError."""
-    import OpenEXR
-
-    comp = compression.lower()
-    if comp not in _COMPRESSIONS:
-        raise ValueError(f"unknown EXR compression {compression!r}; choose from {', '.join(_COMPRESSIONS)}")
+def _checked_rgb(img: np.ndarray) -> np.ndarray:
+    """``img`` as an array, if it is a finite (H, W, 3) image (checked without full-size masks)."""
     img = np.asarray(img)
-    if img.ndim != 3 or img.shape[-1] != 3:
-        raise ValueError(f"expected an (H, W, 3) array, got {img.shape}")
-    if not np.isfinite(img).all():
-        raise ValueError("refusing to write NaN/inf radiance: sanitize() it first")
+    if img.ndim != 3 or img.shape[2] != 3 or img.size == 0:
+        raise ValueError(f"expected a non-empty (H, W, 3) RGB array, got shape {img.shape}")
+    if not (np.isfinite(img.min()) and np.isfinite(img.max())):  # min/max propagate NaN
+        raise ValueError("refusing to write NaN/inf radiance: sanitize() the image first")
+    return img
+
+
+def write_exr(path: str | os.PathLike, img: np.ndarray, *, half: bool = False, compression: str = "zip") -> dict:
+    """Write an RGB image as a scanline OpenEXR file with channels R, G, B to a local path.
+
+    float32 by default; ``half`` stores float16 after clamping to +-HALF_MAX (counted in ``clamped``), so no inf
+    is ever written. ``compression`` is one of :data:`EXR_COMPRESSIONS`. Non-finite input raises ValueError.
+    """
+    if compression not in _EXR_COMPRESSION_ENUMS:
+        raise ValueError(f"unknown OpenEXR compression {compression!r}; one of {', '.join(EXR_COMPRESSIONS)}")
+    img = _checked_rgb(img)
     clamped = 0
     if half:
-        over = img > HALF_MAX
-        clamped = int(over.sum())
-        data = np.minimum(img, HALF_MAX).astype(np.float16)
+        data = np.empty(img.shape, np.float16)
+        for rows in _row_slices(img.shape[0], 256):
+            clamped += int(np.count_nonzero(np.abs(img[rows]) > HALF_MAX))
+            np.clip(img[rows], -HALF_MAX, HALF_MAX, out=data[rows], casting="same_kind")
     else:
         data = np.ascontiguousarray(img, dtype=np.float32)
-    header = {"compression": getattr(OpenEXR, _compression_enum_name(comp)), "type": OpenEXR.scanlineimage}
+    header = {"compression": _EXR_COMPRESSION_ENUMS[compression], "type": OpenEXR.scanlineimage}
     with OpenEXR.File(header, {"RGB": data}) as f:
-        f.write(str(path))
-    return {"pixel_type": "half" if half else "float32", "compression": comp, "clamped": clamped,
+        f.write(os.fspath(path))
+    return {"pixel_type": "half" if half else "float32", "compression": compression, "clamped": clamped,
             "clamp_value": HALF_MAX if half else None}
 
 
-def write_hdr(path, img: np.ndarray) -> None:
-    """Write RGB radiance as a Radiance .hdr (RGBE) file (fixtures, tools)."""
-    import cv2
-
-    bgr = np.ascontiguousarray(np.asarray(img, dtype=np.float32)[..., ::-1])
-    if not cv2.imwrite(str(Path(path)), bgr):
-        raise OSError(f"{path}: could not write Radiance file")
+def write_hdr(path: str | os.PathLike, img: np.ndarray) -> None:
+    """Write a non-negative RGB image as a Radiance .hdr (RGBE) file, whatever the path's extension."""
+    img = _checked_rgb(img)
+    if img.min() < 0:
+        raise ValueError("Radiance RGBE cannot store negative values: sanitize() the image first")
+    ok, buf = cv2.imencode(".hdr", np.ascontiguousarray(img[..., ::-1], dtype=np.float32))
+    if not ok:
+        raise OSError(f"{os.fspath(path)}: OpenCV could not encode a Radiance image")
+    buf.tofile(os.fspath(path))

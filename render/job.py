@@ -127,7 +127,7 @@ def _prepare_hdri(local: Path, task: HdriTask, needs: str, scratch: Path) -> _Hd
     if problem:
         raise InputError(f"{name}: {problem}")
     try:
-        img = read_image(local)
+        img = read_image(local, name=name)
     except HdrImageError as e:
         raise InputError(str(e)) from e
     bad = sanitize(img)
