@@ -38,6 +38,7 @@ class AugTask:
     seed: int
     alternating: int = 0  # 0: single-exposure LDR; 2 or 3: alternating exposures
     overwrite: bool = False
+    preview: bool = False  # also write preview.mp4 (H.264 via PyAV)
 
 
 def aug_id(task: AugTask, index: int) -> str:
@@ -51,6 +52,21 @@ def _write_png(scratch, store: Store, rel: str, img: np.ndarray) -> int:
     if not cv2.imwrite(str(tmp), np.ascontiguousarray(data)):
         raise OSError(f"could not encode {rel}")
     return store.publish(tmp, rel)
+
+
+def write_preview(path, frames: np.ndarray, fps: int = 24) -> None:
+    """H.264 (yuv420p, so even sizes: an odd last row/column is dropped) MP4 of uint8 RGB frames, via PyAV."""
+    import av
+
+    h, w = frames.shape[1] // 2 * 2, frames.shape[2] // 2 * 2
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264" if "libx264" in av.codecs_available else "mpeg4", rate=fps)
+        stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
+        for f in frames:
+            for packet in stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(f[:h, :w]), format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
 
 
 def augment_clip(task: AugTask) -> dict:
@@ -99,6 +115,9 @@ def augment_clip(task: AugTask) -> dict:
                 _write_png(scratch, store, f"{rel}/over_{t:04d}.png", np.round(over[t] * 255).astype(np.uint8))
                 _write_png(scratch, store, f"{rel}/under_{t:04d}.png", np.round(under[t] * 255).astype(np.uint8))
                 files.append(f"frame_{t:04d}.png")
+            if task.preview:
+                write_preview(scratch / "preview.mp4", ldr)
+                store.publish(scratch / "preview.mp4", f"{rel}/preview.mp4")
             record = {
                 "schema": AUG_SCHEMA,
                 "hdri_id": task.hdri_id,
@@ -113,6 +132,7 @@ def augment_clip(task: AugTask) -> dict:
                 "params": params.to_json(),
                 **extra,
                 "frames": files,
+                "preview": "preview.mp4" if task.preview else None,
                 "masks": {"over": "over_%04d.png", "under": "under_%04d.png", "mode": "paper",
                           "encoding": "uint8 = round(255 * mask), mask in [0, 1] after the EMA"},
                 "format": "8-bit sRGB PNG" if not task.alternating else "8-bit gamma-2.2 PNG",

@@ -25,6 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--per-clip", type=int, default=1, help="augmentations per clip")
     p.add_argument("--alternating", type=int, choices=(2, 3), help="alternating-exposure sequences (HDR-V-Diff)")
     p.add_argument("--seed", type=int, default=0, help="dataset seed")
+    p.add_argument("--preview", action="store_true", help="also write preview.mp4 per augmentation (needs PyAV)")
     p.add_argument("--overwrite", action="store_true", help="redo augmentations that exist with other settings")
     p.add_argument("--no-ray", action="store_true", help="run in this process, one clip after another")
     p.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else local)")
@@ -39,8 +40,8 @@ def main(argv=None) -> int:
     if not clips:
         print(f"error: no rendered clips (*/*/clip.json) in {args.dataset}", file=sys.stderr)
         return 2
-    tasks = [AugTask(args.dataset, h, c, args.preset, args.per_clip, args.seed, args.alternating or 0, args.overwrite)
-             for h, c in clips]
+    tasks = [AugTask(args.dataset, h, c, args.preset, args.per_clip, args.seed, args.alternating or 0,
+                     args.overwrite, args.preview) for h, c in clips]
     counts = {"written": 0, "skipped": 0, "failed": 0}
     failures = []
     bar = tqdm(total=len(tasks), unit="clip", desc="augment", file=sys.stderr, dynamic_ncols=True)

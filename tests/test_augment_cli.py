@@ -57,8 +57,13 @@ def test_augment_writes_ldr_masks_and_reproducible_params(dataset):
 
 
 def test_alternating_exposures_through_ray(dataset):
-    r = run("--dataset", dataset, "--alternating", "3", "--preset", "diffhdr-code")
+    r = run("--dataset", dataset, "--alternating", "3", "--preset", "diffhdr-code", "--preview")
     assert r.returncode == 0, r.stderr
+    import av
+
+    with av.open(str(dataset / "forest/rotation_000/ldr/alt3_00/preview.mp4")) as c:
+        frames = [f.to_ndarray(format="rgb24") for f in c.decode(video=0)]
+    assert len(frames) == 5 and frames[0].shape == (16, 32, 3)
     meta = json.loads((dataset / "forest/rotation_000/ldr/alt3_00/aug.json").read_text())
     assert meta["alternating"]["ev"] == [-2.0, 0.0, 2.0, -2.0, 0.0]
     assert meta["params"]["quantize"] == "truncate"
