@@ -88,10 +88,12 @@ def ar1_field(shape, rho: float, seed: int) -> np.ndarray:
     float32 (T, ...). Drawn from its own PCG64 stream (``seed``) frame by frame."""
     r = np.random.default_rng([int(seed), 1])
     out = np.empty(shape, np.float32)
-    k = math.sqrt(1.0 - rho * rho)
-    out[0] = r.standard_normal(shape[1:], dtype=np.float32)
+    k = np.float32(math.sqrt(1.0 - rho * rho))
+    r.standard_normal(out=out[0], dtype=np.float32)
     for t in range(1, shape[0]):
-        out[t] = rho * out[t - 1] + k * r.standard_normal(shape[1:], dtype=np.float32)
+        r.standard_normal(out=out[t], dtype=np.float32)  # u_t, in place
+        out[t] *= k
+        out[t] += np.float32(rho) * out[t - 1]
     return out
 
 
