@@ -41,6 +41,7 @@ class RenderSettings:
     programs: tuple[str, ...] = PROGRAMS
     engine: str = "blender"
     backend: str = "numpy"  # direct engine: numpy or torch
+    max_samples: int = 256  # direct engine: cap of its adaptive sample grid (mip prefiltering beyond)
     half: bool = False
     compression: str = "zip"
     device: str = "auto"
@@ -55,6 +56,7 @@ class RenderSettings:
             "samples": self.samples,
             "seed": self.seed,
             "engine": self.engine,
+            **({"max_samples": self.max_samples} if self.engine == "direct" else {}),
             "half": self.half,
             "compression": self.compression,
         }
@@ -323,7 +325,8 @@ def render_hdri(task: HdriTask) -> HdriResult:
 def _engine_options(s: RenderSettings) -> dict:
     if s.engine == "blender":
         return {"samples": s.samples, "device": s.device, "threads": s.threads}
-    return {"samples": s.samples, "backend": s.backend, "device": s.device, "threads": s.threads}
+    return {"samples": s.samples, "backend": s.backend, "device": s.device, "threads": s.threads,
+            "max_samples": s.max_samples}
 
 
 def describe_exception(exc: BaseException) -> str:

@@ -112,6 +112,7 @@ def test_filter_and_sampling_rules():
     assert filter_weights(1) == (0, pytest.approx(np.ones(1)))
     assert sampling_for(0.3, 4) == (4, 0)  # magnified map: the requested grid
     assert sampling_for(2.0, 4) == (10, 0)  # samples at most 0.2 texel apart
+    assert sampling_for(3.2, 4, 4) == (4, 2)  # a lower cap: mip levels instead of samples
     k, level = sampling_for(100.0, 4)
     assert k == 16 and level >= 1 and 100.0 / 2**level / k <= 0.2
     assert sampling_for(5.0, 1) == (1, 0)  # one sample: the pixel centre, like Cycles

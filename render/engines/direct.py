@@ -64,15 +64,17 @@ MAX_SAMPLE_SPACING_TEXELS = 0.2
 MAX_K = 16
 
 
-def sampling_for(tpp: float, k_min: int) -> tuple[int, int]:
+def sampling_for(tpp: float, k_min: int, k_max: int = MAX_K) -> tuple[int, int]:
     """(k, mip level) for a frame: k x k samples per pixel, at least ``k_min`` and enough that neighbouring samples are
-    at most 0.5 texel apart (up to k = 12); beyond that the map is prefiltered by 2x2 box averaging (a mip level) until
-    they are. Small bright sources (suns of a few texels) are then integrated, not aliased."""
+    at most 0.2 texel apart, up to ``k_max``; beyond that the map is prefiltered by 2x2 box averaging (mip levels)
+    until they are. Small bright sources (suns of a few texels) are then integrated, not aliased. Measured: box mips
+    cost accuracy (1-3% in frame mean next to small suns), dense sampling costs time, hence the order."""
     if k_min <= 1:
         return 1, 0  # pixel centre, as Cycles at 1 sample
-    k = min(MAX_K, max(k_min, math.ceil(tpp / MAX_SAMPLE_SPACING_TEXELS)))
-    ratio = tpp / (k * MAX_SAMPLE_SPACING_TEXELS)
-    return k, (math.ceil(math.log2(ratio)) if ratio > 1 else 0)
+    level = 0
+    while math.ceil(tpp / 2**level / MAX_SAMPLE_SPACING_TEXELS) > k_max:
+        level += 1
+    return max(k_min, math.ceil(tpp / 2**level / MAX_SAMPLE_SPACING_TEXELS)), level
 
 
 class _Ops:
@@ -222,8 +224,10 @@ class DirectEngine(Engine):
     name = "direct"
     needs = "pixels"
 
-    def __init__(self, samples: int = 16, backend: str = "numpy", device: str = "cpu", threads: int = 0):
+    def __init__(self, samples: int = 16, backend: str = "numpy", device: str = "cpu", threads: int = 0,
+                 max_samples: int = MAX_K * MAX_K):
         self.samples = int(samples)
+        self.k_max = max(1, math.isqrt(int(max_samples)))
         self.k = max(1, round(math.sqrt(self.samples)))  # samples per pixel per axis
         self.ops = _Ops(backend, device)
         self.threads = int(threads)
@@ -242,7 +246,7 @@ class DirectEngine(Engine):
             "backend": self.ops.backend,
             "device": str(self.ops.device or "cpu"),
             "samples": self.samples,
-            "samples_per_pixel_grid": f"at least {self.k}x{self.k}, up to {MAX_K}x{MAX_K} (per frame in frames[])",
+            "samples_per_pixel_grid": f"at least {self.k}x{self.k}, up to {self.k_max}x{self.k_max} (per frame)",
             "pixel_filter": "BLACKMAN_HARRIS, separable, on a sample grid shared by neighbouring pixels"
             if self.k > 1 else "none (pixel centre, like Cycles at 1 sample)",
             "filter_width_px": FILTER_WIDTH_PX,
@@ -276,7 +280,7 @@ class DirectEngine(Engine):
         out = []
         for fc in plan.frames:
             tpp = texels_per_pixel(fc.focal_mm, width, height, mh)
-            k, level = sampling_for(tpp, self.k)
+            k, level = sampling_for(tpp, self.k, max(self.k, self.k_max))
             out.append({"texels_per_pixel": tpp, "samples_per_pixel": k * k, "mip_level": level})
         return out
 
