@@ -10,7 +10,6 @@ import pytest
 
 from hdr.io import (EXR_COMPRESSIONS, HALF_MAX, HdrImageError, equirect_problem, read_header, read_image, sanitize,
                     sniff_format, write_exr, write_hdr)
-from render.hdri import default_hdri_dir
 
 RNG = np.random.default_rng(0)
 LOSSY = {"pxr24", "dwaa", "dwab", "lj2k"}  # for float32 data
@@ -245,13 +244,10 @@ def test_equirect_problem():
     assert equirect_problem(1025, 512) is not None and equirect_problem(0, 0) is not None
 
 
-def test_bundled_hdris_agree_with_the_openexr_library():
+def test_bundled_hdris_agree_with_the_openexr_library(bundled_hdris):
     """Blender's studio-light worlds (real PolyHaven maps written by other software): our header parser agrees
     with the bindings' own, and the pixels decode."""
-    world = default_hdri_dir()
-    if world is None:
-        pytest.skip("bpy is not installed, so there are no bundled HDRIs to read")
-    maps = sorted(world.glob("*.exr"))
+    maps = sorted(bundled_hdris.glob("*.exr"))
     assert maps
     for path in maps:
         with OpenEXR.File(str(path), header_only=True) as f:
