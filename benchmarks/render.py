@@ -26,11 +26,11 @@ import numpy as np
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from hdr.io import read_image
-from hdr.storage import Store
-from render import layout
-from render.hdri import default_hdri_dir
-from render.job import HdriTask, RenderSettings, render_hdri
+from hdr.io import read_image  # noqa: E402
+from hdr.storage import Store  # noqa: E402
+from render import layout  # noqa: E402
+from render.hdri import default_hdri_dir  # noqa: E402
+from render.job import HdriTask, RenderSettings, render_hdri  # noqa: E402
 
 PAPER_CLIPS, PAPER_FRAMES = 5400, 81
 

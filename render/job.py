@@ -5,7 +5,6 @@ engine: planning, the bad-value policy, statistics, the writer, resume and bookk
 """
 from __future__ import annotations
 
-import dataclasses
 import datetime as dt
 import hashlib
 import os
@@ -13,7 +12,6 @@ import platform
 import shutil
 import sys
 import time
-import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -327,13 +325,3 @@ def _engine_options(s: RenderSettings) -> dict:
         return {"samples": s.samples, "device": s.device, "threads": s.threads}
     return {"samples": s.samples, "backend": s.backend, "device": s.device, "threads": s.threads,
             "max_samples": s.max_samples}
-
-
-def describe_exception(exc: BaseException) -> str:
-    """One line for a failures file: the innermost error type and message."""
-    lines = traceback.format_exception_only(type(exc), exc)
-    return lines[-1].strip() if lines else repr(exc)
-
-
-def with_settings(task: HdriTask, **changes) -> HdriTask:
-    return dataclasses.replace(task, settings=dataclasses.replace(task.settings, **changes))

@@ -17,7 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from tqdm import tqdm
 
 from hdr.cluster import RayOptions, run_tasks
-from hdr.io import HdrImageError, read_header
+from hdr.io import read_header
 from hdr.storage import Store
 from render import hdri as hdri_mod
 from render import layout
@@ -175,8 +175,8 @@ def main(argv=None) -> int:
     w, h = args.resolution
     settings = RenderSettings(frames=args.frames, width=w, height=h, samples=args.samples, seed=args.seed,
                               programs=programs, engine=args.engine, backend=args.backend,
-                              max_samples=args.max_samples, half=args.half,
-                              compression=args.compression, device=args.device, threads=args.cpus_per_task, overwrite=args.overwrite)
+                              max_samples=args.max_samples, half=args.half, compression=args.compression,
+                              device=args.device, threads=args.cpus_per_task, overwrite=args.overwrite)
     out = Store(args.out)
     states = _states(out, entries, settings)
     todo_entries = [e for e in entries
