@@ -36,3 +36,35 @@ def sun_map(w: int = 64, value: float = 1e5) -> np.ndarray:
     r, c = w // 2 // 2 - w // 18, w // 2
     img[r - 1 : r + 2, c - 1 : c + 2] = value
     return img
+
+
+TINY = dict(width=32, height=32, frames=9, hdris=("sunrise", "forest", "night"), programs=("highlight_zoom_in",
+                                                                                          "rotation_000"))
+
+
+@pytest.fixture(scope="session")
+def tiny_dataset_src(bundled_hdris, tmp_path_factory) -> Path:
+    """A tiny dataset made by the real stages, built once per test session; treat it as READ-ONLY (use
+    ``tiny_dataset`` for a private copy). 3 HDRIs x 2 clips x 9 frames of 32x32 (direct engine), each clip with one
+    ``paper`` augmentation (``ldr/paper_00``) and one 3-exposure alternating sequence (``ldr/alt3_00``)."""
+    from augment.clip import AugTask, augment_clip
+    from render.job import HdriTask, RenderSettings, render_hdri
+
+    root = tmp_path_factory.mktemp("tiny") / "data"
+    s = RenderSettings(width=TINY["width"], height=TINY["height"], frames=TINY["frames"], samples=4,
+                       engine="direct", programs=TINY["programs"])
+    for name in TINY["hdris"]:
+        res = render_hdri(HdriTask(str(bundled_hdris), f"{name}.exr", name, str(root), s))
+        assert res.count("rendered") == len(TINY["programs"]), res
+        for clip in TINY["programs"]:
+            augment_clip(AugTask(str(root), name, clip, "paper", 1, 0))
+            augment_clip(AugTask(str(root), name, clip, "paper", 1, 0, alternating=3))
+    return root
+
+
+@pytest.fixture
+def tiny_dataset(tiny_dataset_src, tmp_path) -> Path:
+    """A private, writable copy of :func:`tiny_dataset_src`."""
+    dst = tmp_path / "data"
+    shutil.copytree(tiny_dataset_src, dst, ignore=shutil.ignore_patterns(".tmp"))
+    return dst
