@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from augment.degrade import Params, _like, ar1_field, camera_noise, quantize8
+from augment.degrade import Params, noisy_frames, quantize8
 from hdr.color import _xp
 
 EXPOSURE_SETS = {2: (0.0, 3.0), 3: (-2.0, 0.0, 2.0)}
@@ -24,13 +24,12 @@ def alternating_ldr(hdr, evs, params: Params, gamma: float = GAMMA):
     """HDR frames (T, H, W, 3) -> 8-bit LDR frames with exposure 2^(Delta + EV_t), the clip's AR(1) noise, gamma
     ``gamma`` and the preset's quantisation; returns (uint8 frames, exposures e_t = 2^EV_t)."""
     xp = _xp(hdr)
-    scale = np.asarray([2.0 ** (params.exposure_stops + ev) for ev in evs], np.float32).reshape(-1, 1, 1, 1)
-    lin = hdr * _like(hdr, scale)
-    if params.noise and (params.sigma_s > 0 or params.sigma_c > 0):
-        eps = _like(hdr, ar1_field(tuple(hdr.shape), params.rho, params.seed))
-        lin = lin + camera_noise(lin, params.sigma_s, params.sigma_c, eps, params.noise_scale)
-    lin = lin.clamp(0.0, 1.0) if xp.__name__ == "torch" else np.clip(lin, 0.0, 1.0)
-    return quantize8(lin ** (1.0 / gamma), params.quantize), [float(2.0**ev) for ev in evs]
+    exposed = (frame * float(2.0 ** (params.exposure_stops + ev)) for frame, ev in zip(hdr, evs))
+    out = []
+    for lin in noisy_frames(exposed, hdr.shape, params, like=hdr):
+        lin = lin.clamp(0.0, 1.0) if xp.__name__ == "torch" else np.clip(lin, 0.0, 1.0)
+        out.append(quantize8(lin ** (1.0 / gamma), params.quantize))
+    return xp.stack(out), [float(2.0**ev) for ev in evs]
 
 
 def network_input(ldr, exposure: float, gamma: float = GAMMA, channel_axis: int = -1):

@@ -18,7 +18,7 @@ import numpy as np
 import hdr
 from augment.alternating import alternating_evs, alternating_ldr
 from augment.degrade import PRESETS, degrade, sample_params
-from augment.masks import exposure_masks_paper
+from augment.masks import exposure_masks
 from hdr.io import read_image
 from hdr.seeding import SEED_DERIVATION, derive_seed
 from hdr.storage import Store
@@ -108,7 +108,9 @@ def augment_clip(task: AugTask) -> dict:
                                          "gamma": 2.2, "network_input": "c(I_k, I_k^2.2 / e_k), HDR-V-Diff eq. 1"}}
             else:
                 ldr, _ = degrade(hdr_frames, params)
-            over, under = exposure_masks_paper(ldr)
+            transfer = "gamma2.2" if task.alternating else "srgb"
+            mask_mode = "paper" if task.alternating else preset.mask_mode
+            over, under = exposure_masks(ldr, mask_mode, transfer)
             files = []
             for t in range(len(ldr)):
                 _write_png(scratch, store, f"{rel}/frame_{t:04d}.png", ldr[t])
@@ -133,8 +135,10 @@ def augment_clip(task: AugTask) -> dict:
                 **extra,
                 "frames": files,
                 "preview": "preview.mp4" if task.preview else None,
-                "masks": {"over": "over_%04d.png", "under": "under_%04d.png", "mode": "paper",
-                          "encoding": "uint8 = round(255 * mask), mask in [0, 1] after the EMA"},
+                "masks": {"over": "over_%04d.png", "under": "under_%04d.png", "mode": mask_mode,
+                          "linearisation": transfer,
+                          "encoding": "uint8 = round(255 * mask), mask in [0, 1] after the EMA"
+                          + (" (binarised at 0.2: 0 or 255)" if mask_mode == "diffhdr-code" else "")},
                 "format": "8-bit sRGB PNG" if not task.alternating else "8-bit gamma-2.2 PNG",
                 "source_clip": {"settings": clip.get("settings"), "created": clip.get("created")},
                 "toolkit_version": hdr.__version__,

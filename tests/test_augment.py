@@ -59,7 +59,7 @@ def test_exposure_shift_scales_by_two_to_delta():
     hdr = np.random.default_rng(0).random((2, 4, 4, 3)).astype(np.float32) * 100
     for d in (-2.0, -0.7, 0.0, 1.3, 2.0):
         np.testing.assert_allclose(exposure_shift(hdr, d), hdr * 2**d, rtol=1e-6)
-    u8, lin = degrade(hdr, _params(noise=False, exposure_stops=1.5))
+    u8, lin = degrade(hdr, _params(noise=False, exposure_stops=1.5), return_linear=True)
     np.testing.assert_allclose(lin, hdr * 2**1.5, rtol=1e-6)
 
 
@@ -71,7 +71,7 @@ def test_quantisation_levels_and_modes():
     assert quantize8(np.array([0.4 / 255, 0.6 / 255, 254.6 / 255]), "round").tolist() == [0, 1, 255]
     assert quantize8(np.array([0.4 / 255, 0.6 / 255, 254.6 / 255]), "truncate").tolist() == [0, 0, 254]
     hdr = np.random.default_rng(1).random((3, 16, 16, 3)).astype(np.float32) * 4
-    u8, _ = degrade(hdr, _params())
+    u8, _ = degrade(hdr, _params(), return_linear=True)
     assert u8.dtype == np.uint8 and u8.shape == hdr.shape
     ref = quantize8(np.clip(srgb_oetf(_.astype(np.float64)), 0, 1), "round")
     assert (u8 == ref).mean() > 0.999 and np.abs(u8.astype(int) - ref).max() <= 1  # float rounding at code edges
@@ -103,7 +103,9 @@ def test_masks_match_thresholds_and_the_ema_recursion():
 def test_presets_differ_exactly_where_the_design_says():
     paper, code = PRESETS["paper"], PRESETS["diffhdr-code"]
     differing = {f.name for f in dataclasses.fields(paper) if getattr(paper, f.name) != getattr(code, f.name)}
-    assert differing == {"name", "exposure", "noise_probability", "noise_scale", "quantize", "mask_mode", "notes"}
+    assert differing == {"name", "exposure", "noise_probability", "noise_scale", "quantize", "mask_mode", "notes",
+                         "per_channel_sigma", "noise_strength", "var_floor", "ar1_init"}
+    assert (code.noise_strength, code.var_floor, code.ar1_init) == (0.01, 1e-12, "zero")
     assert paper.exposure == "uniform" and paper.exposure_range == (-2.0, 2.0)
     assert code.exposure == "choice" and code.exposure_choices == (-1.0, 0.0, 1.0, 2.0)
     assert paper.rho == code.rho == 0.5
@@ -111,11 +113,15 @@ def test_presets_differ_exactly_where_the_design_says():
     assert code.noise_scale == 65536.0 and paper.noise_probability == 1.0
     draws = [sample_params(code, s) for s in range(400)]
     assert {d.exposure_stops for d in draws} == {-1.0, 0.0, 1.0, 2.0}
+    assert all(len(d.sigma_s) == 3 and len(d.sigma_c) == 3 for d in draws)  # per-channel sigmas
+    assert len(set(draws[0].sigma_s if draws[0].noise else next(d for d in draws if d.noise).sigma_s)) == 3
     assert 0.2 < np.mean([d.noise for d in draws]) < 0.4
     stops = [sample_params(paper, s).exposure_stops for s in range(400)]
     assert min(stops) >= -2 and max(stops) <= 2 and len(set(stops)) == 400
     # the visible noise each preset produces, in 8-bit steps at L = 1 (DESIGN.md's note, measured here)
-    assert visible_noise_8bit(paper, 1.0) < 0.2 < 1.0 < visible_noise_8bit(code, 1.0)
+    assert visible_noise_8bit(paper, 1.0) == pytest.approx(0.095, abs=0.002)
+    assert visible_noise_8bit(code, 1.0) == pytest.approx(1.13, abs=0.01)
+    assert visible_noise_8bit(code, 0.01) == pytest.approx(16.2, abs=0.1)
 
 
 def test_same_seed_same_bytes_and_numpy_equals_torch():
@@ -168,3 +174,82 @@ def test_bucket_table_never_skips_a_code_boundary():
         x = np.concatenate([_THRESHOLDS[mode], np.nextafter(_THRESHOLDS[mode], 0, dtype=np.float32)])
         np.testing.assert_array_equal(linear_to_srgb8(x, mode),
                                       np.searchsorted(_THRESHOLDS[mode], x, side="right").astype(np.uint8))
+
+
+def _code_params(seed=5, **kw):
+    code = PRESETS["diffhdr-code"]
+    forced = code.with_overrides(noise_probability=1.0, sigma_s_range=(8.5e-4, 8.5e-4), sigma_c_range=(1.5e-5, 1.5e-5))
+    return dataclasses.replace(sample_params(forced, seed), **kw)
+
+
+def test_code_preset_noise_is_the_public_codes_formula():
+    p = _code_params(sigma_s=[1e-3, 5e-4, 2e-4], sigma_c=[1e-5, 0.0, 2e-5], exposure_stops=0.0)
+    lin = np.full((4, 16, 16, 3), 3.0, np.float32)
+    lin[:, :, :8] = 0.0  # var floor 1e-12 matters where sigma_c = 0 and L = 0
+    eps = ar1_field(lin.shape, p.rho, p.seed, p.ar1_init)
+    ours = camera_noise(lin, p.sigma_s, p.sigma_c, eps, p.noise_scale, p.noise_strength, p.var_floor)
+    s2, c2 = np.square(p.sigma_s), np.square(p.sigma_c)
+    ref = eps * np.sqrt(np.maximum(lin.astype(np.float64) / 65536.0 * s2 + c2, 1e-12)) * 65536.0 * 0.01
+    np.testing.assert_allclose(ours, ref, rtol=1e-5)
+    u8, noisy = degrade(lin, p, return_linear=True)
+    np.testing.assert_allclose(noisy, lin + ref, rtol=1e-5, atol=1e-7)
+
+
+def test_zero_initialised_ar1_state_like_the_public_code():
+    eps = ar1_field((6, 128, 128, 3), 0.5, 9, init="zero").astype(np.float64)
+    assert eps[0].var() == pytest.approx(0.75, rel=0.02)  # eps_0 = sqrt(1 - rho^2) u_0
+    assert eps[1].var() == pytest.approx(0.25 * 0.75 + 0.75, rel=0.02)
+    assert eps[5].var() == pytest.approx(1.0, rel=0.02)
+    stationary = ar1_field((6, 128, 128, 3), 0.5, 9).astype(np.float64)
+    np.testing.assert_allclose(eps[0], stationary[0] * np.sqrt(0.75), rtol=1e-6)  # same draws, other start
+
+
+def test_normal_table_is_a_unit_normal():
+    from augment.degrade import normal_table
+
+    t = normal_table().astype(np.float64)
+    assert t.mean() == 0.0 and t.var() == pytest.approx(1.0, abs=1e-9)
+    assert np.all(np.diff(t) > 0) and 4.3 < t.max() < 4.4
+    x = ar1_field((1, 512, 512, 3), 0.0, 11).ravel().astype(np.float64)
+    for q, z in ((0.5, 0.0), (0.8413, 1.0), (0.9772, 2.0), (0.0228, -2.0)):
+        assert np.quantile(x, q) == pytest.approx(z, abs=0.01)
+    assert (x ** 4).mean() == pytest.approx(3.0, abs=0.03)  # Gaussian kurtosis
+
+
+def test_visible_noise_of_the_code_preset_in_8bit_steps():
+    """DESIGN.md: the public code's noise is over one 8-bit step at L = 1; measured on the quantised output."""
+    p = _code_params(quantize="round")
+    hdr = np.full((9, 64, 64, 3), 1.0 / 2 ** p.exposure_stops * 0.5, np.float32)  # L = 0.5 after exposure
+    u8, _ = degrade(hdr, p)
+    # per-channel sigmas are forced to the maximum, so every channel has the preset's largest noise
+    predicted = visible_noise_8bit(PRESETS["diffhdr-code"], 0.5)
+    measured = u8[1:].astype(np.float64).std()  # frame 0 has variance 1 - rho^2 (zero-initialised state)
+    assert measured == pytest.approx(np.sqrt(predicted**2 + 1 / 12), rel=0.1)
+    assert predicted > 1.0
+
+
+def test_code_masks_soft_formula_and_smoothing():
+    from augment.masks import exposure_masks, exposure_masks_code, soft_masks_code
+
+    v = 242  # sRGB 0.949: inside the soft band of the over threshold
+    frame = np.full((1, 20, 24, 3), v, np.uint8)
+    over, under = soft_masks_code(frame[0].astype(np.float32) / 255)
+    y = srgb_eotf(v / 255.0)
+    e0, e1 = srgb_eotf(0.93), srgb_eotf(0.97)
+    t = (y - e0) / (e1 - e0)
+    np.testing.assert_allclose(over, 0.7 * t * t * (3 - 2 * t), rtol=1e-5)  # no channel at >= 0.98
+    assert np.all(under == 0)
+    # a frame white on top, black at the bottom: binarised masks cover each half (the blur widens them a bit)
+    f = np.zeros((3, 40, 40, 3), np.uint8)
+    f[:, :20] = 255
+    o, u = exposure_masks(f, "diffhdr-code")
+    assert set(np.unique(o)) | set(np.unique(u)) <= {0.0, 1.0}
+    assert o[:, :18].min() == 1 and o[:, 24:].max() == 0 and u[:, 22:].min() == 1 and u[:, :16].max() == 0
+    ot, ut = exposure_masks_code(torch.from_numpy(f))
+    np.testing.assert_array_equal(ot.numpy(), o)
+    np.testing.assert_array_equal(ut.numpy(), u)
+    # EMA runs on the soft masks: a pixel region that turns white at frame 1 is 0.7 of the way there
+    g = np.zeros((2, 40, 40, 3), np.uint8)
+    g[1] = 255
+    so, _ = exposure_masks_code(g, binarize=None)
+    assert so[1, 20, 20] == pytest.approx(0.7, abs=1e-6) and so[0].max() == 0
