@@ -253,3 +253,16 @@ def test_code_masks_soft_formula_and_smoothing():
     g[1] = 255
     so, _ = exposure_masks_code(g, binarize=None)
     assert so[1, 20, 20] == pytest.approx(0.7, abs=1e-6) and so[0].max() == 0
+
+
+def test_row_blocks_do_not_change_the_bytes(monkeypatch):
+    import augment.degrade as deg
+
+    hdr = (np.random.default_rng(4).random((3, 37, 21, 3)) * 2).astype(np.float32)
+    p = sample_params(PRESETS["diffhdr-code"].with_overrides(noise_probability=1.0), 77)
+    whole, lin = degrade(hdr, p, return_linear=True)
+    monkeypatch.setattr(deg, "CHUNK_VALUES", 5 * 21 * 3)  # 5-row blocks, the last one short
+    blocks, lin_b = degrade(hdr, p, return_linear=True)
+    np.testing.assert_array_equal(blocks, whole)
+    np.testing.assert_array_equal(lin_b, lin)
+    np.testing.assert_array_equal(degrade(torch.from_numpy(hdr), p)[0].numpy(), whole)
