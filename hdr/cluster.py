@@ -23,7 +23,7 @@ class RayOptions:
     resources: dict = field(default_factory=dict)  # custom resources, e.g. {"blender": 0.01}
     num_gpus: float = 0
     local_object_store_bytes: int = 512 * 1024**2
-    py_modules: list = field(default_factory=list)  # shipped to a remote cluster
+    py_modules: list | None = None  # shipped to a cluster joined by address (None: the toolkit's own packages)
 
 
 def error_line(exc: BaseException) -> str:
@@ -31,6 +31,22 @@ def error_line(exc: BaseException) -> str:
     cause = getattr(exc, "cause", None) or exc
     lines = traceback.format_exception_only(type(cause), cause)
     return " ".join(lines[-1].split()) if lines else repr(cause)
+
+
+TOOLKIT_PACKAGES = ("hdr", "render", "augment", "caption", "manifests", "train", "evaluate")
+
+
+def toolkit_modules() -> list:
+    """The toolkit's top-level packages, shipped to a cluster's workers through ``runtime_env["py_modules"]`` (the
+    nodes need the third-party dependencies installed, see README "Cluster"; the toolkit's own code travels)."""
+    import importlib.util
+
+    paths = []
+    for name in TOOLKIT_PACKAGES:  # folders, found without importing them (no torch import on the driver)
+        spec = importlib.util.find_spec(name)
+        if spec is not None and spec.submodule_search_locations:
+            paths.append(list(spec.submodule_search_locations)[0])
+    return paths
 
 
 def _init_ray(opts: RayOptions):
@@ -41,8 +57,8 @@ def _init_ray(opts: RayOptions):
     address = opts.address or os.environ.get("RAY_ADDRESS")
     common = dict(include_dashboard=False, log_to_driver=True, logging_level="ERROR")
     if address:
-        env = {"py_modules": opts.py_modules} if opts.py_modules else None
-        ray.init(address=address, runtime_env=env, **common)
+        modules = toolkit_modules() if opts.py_modules is None else opts.py_modules
+        ray.init(address=address, runtime_env={"py_modules": modules} if modules else None, **common)
     else:
         ray.init(object_store_memory=opts.local_object_store_bytes, **common)
     return ray

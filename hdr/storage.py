@@ -43,7 +43,11 @@ class Store:
 
     def __init__(self, url: str | os.PathLike):
         self.url = str(url)
-        self.fs, root = fsspec.core.url_to_fs(self.url)
+        protocol = fsspec.core.split_protocol(self.url)[0]
+        # Object stores: no listings cache. Other processes (Ray workers, other nodes) publish into the same prefix
+        # while this one runs, and a cached listing would hide their clips from resume, caption or manifests.
+        opts = {} if protocol in (None, "file", "local") else {"use_listings_cache": False}
+        self.fs, root = fsspec.core.url_to_fs(self.url, **opts)
         self.is_local = isinstance(self.fs, LocalFileSystem)
         if self.is_local:
             root = str(Path(root).resolve())

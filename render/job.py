@@ -104,6 +104,22 @@ def _node() -> dict:
     return info
 
 
+FAULT_ENV = "HDRVID_FAULT"
+
+
+def fault_point(name: str) -> None:
+    """Fault injection for the crash tests: with ``HDRVID_FAULT=<name>:<marker file>`` in the environment the
+    process dies here (``os._exit``, like a kill -9: nothing is cleaned up) the first time, and leaves the marker
+    file so that the retry or rerun goes through. Unset, this does nothing."""
+    spec = os.environ.get(FAULT_ENV, "")
+    point, _, marker = spec.partition(":")
+    if point != name or not marker or os.path.exists(marker):
+        return
+    with open(marker, "w") as f:
+        f.write(f"{name} {os.getpid()}\n")
+    os._exit(77)
+
+
 def _now() -> str:
     return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
 
@@ -267,6 +283,7 @@ def _render_clip(task: HdriTask, out: Store, engine, hdri: _Hdri, program: str, 
         "total_seconds": total,
     }
     record = _clip_record(task, plan, hdri, engine.info(), frames, pooled, out_info, timing)
+    fault_point("before-clip-json")
     out.write_json(f"{rel}/{layout.CLIP_JSON}", record)  # last: marks the clip complete
     return {"status": "rendered", "frames": len(frames), "seconds": total, "render_seconds": render_s}
 

@@ -38,6 +38,9 @@ def parse_resolution(text: str) -> tuple[int, int]:
     return w, h
 
 
+GPU_DEVICES = ("cuda", "optix", "hip", "oneapi", "metal")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m render.run",
@@ -79,7 +82,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--no-ray", action="store_true", help="render in this process, one HDRI after another")
     g.add_argument("--cpus-per-task", type=int, default=min(4, os.cpu_count() or 1),
                    help="CPUs reserved per HDRI task (also Cycles' thread count)")
-    g.add_argument("--gpus-per-task", type=float, default=0.0, help="GPUs reserved per task (with --device)")
+    g.add_argument("--gpus-per-task", type=float, default=None,
+                   help="GPUs reserved per task [default: 1 when --device names a GPU (cuda, optix, hip, oneapi, "
+                   "metal), else 0; with --device auto on a cluster, give it to place tasks on GPU nodes]")
     g.add_argument("--retries", type=int, default=2, help="retries of a task whose worker or node died")
     g.add_argument("--tasks-per-worker", type=int, default=4,
                    help="recycle a worker process after this many HDRIs (bounds bpy memory growth)")
@@ -189,11 +194,13 @@ def main(argv=None) -> int:
     if args.overwrite:
         n_todo = n_clips
 
+    gpus = args.gpus_per_task
+    if gpus is None:
+        gpus = 1.0 if args.device in GPU_DEVICES else 0.0
     opts = RayOptions(
-        address=args.address, num_cpus=args.cpus_per_task, num_gpus=args.gpus_per_task, max_retries=args.retries,
+        address=args.address, num_cpus=args.cpus_per_task, num_gpus=gpus, max_retries=args.retries,
         max_calls=args.tasks_per_worker, max_in_flight=args.max_in_flight,
         resources={r: 0.01 for r in args.ray_resource},
-        py_modules=_toolkit_modules() if (args.address or os.environ.get("RAY_ADDRESS")) else [],
     )
     use_ray = not args.no_ray
 
@@ -276,13 +283,6 @@ def main(argv=None) -> int:
         return 1
     print(summary, file=sys.stderr)
     return 0
-
-
-def _toolkit_modules() -> list:
-    import hdr
-    import render
-
-    return [hdr, render]
 
 
 if __name__ == "__main__":
