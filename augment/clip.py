@@ -8,6 +8,7 @@ parameter, so the LDR frames can be re-made bit for bit. This is the plain funct
 from __future__ import annotations
 
 import datetime as dt
+import json
 import shutil
 import time
 from dataclasses import asdict, dataclass
@@ -39,6 +40,7 @@ class AugTask:
     alternating: int = 0  # 0: single-exposure LDR; 2 or 3: alternating exposures
     overwrite: bool = False
     preview: bool = False  # also write preview.mp4 (H.264 via PyAV)
+    overrides: tuple = ()  # ((field, value), ...) applied to the preset (Preset.with_overrides)
 
 
 def aug_id(task: AugTask, index: int) -> str:
@@ -73,17 +75,19 @@ def augment_clip(task: AugTask) -> dict:
     """Write the missing augmentations of one clip; returns {aug_id: "written" | "skipped"}."""
     store = Store(task.root)
     crel = layout.clip_rel(task.hdri_id, task.clip_id)
-    preset = PRESETS[task.preset]
+    preset = PRESETS[task.preset].with_overrides(**dict(task.overrides))
+    settings = json.loads(json.dumps(asdict(preset)))
     todo, out = [], {}
     for i in range(task.per_clip):
         rel = f"{crel}/ldr/{aug_id(task, i)}"
         seed = derive_seed(task.seed, task.hdri_id, task.clip_id, "augment", aug_id(task, i))
         if store.exists(f"{rel}/{AUG_JSON}") and not task.overwrite:
             old = store.read_json(f"{rel}/{AUG_JSON}")
-            if old.get("seed") == seed and old.get("preset") == task.preset:
+            if (old.get("seed"), old.get("preset"), old.get("preset_settings")) == (seed, task.preset, settings):
                 out[aug_id(task, i)] = "skipped"
                 continue
-            raise FileExistsError(f"{rel} exists with other settings (seed/preset); use --overwrite or another --seed")
+            raise FileExistsError(f"{rel} exists with other settings (seed, preset or preset overrides); use "
+                                  "--overwrite or another --seed")
         todo.append((i, rel, seed))
     if not todo:
         return out
@@ -126,7 +130,7 @@ def augment_clip(task: AugTask) -> dict:
                 "clip_id": task.clip_id,
                 "aug_id": aug_id(task, i),
                 "preset": task.preset,
-                "preset_settings": asdict(preset),
+                "preset_settings": settings,
                 "seed": seed,
                 "dataset_seed": task.seed,
                 "seed_derivation": SEED_DERIVATION.replace("key1", "hdri_id").replace("key2", "clip_id")

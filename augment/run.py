@@ -2,12 +2,14 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 
+import yaml
 from tqdm import tqdm
 
 from augment.clip import AugTask, augment_clip
-from augment.degrade import PRESETS
+from augment.degrade import PRESETS, Preset
 from hdr.cluster import RayOptions, run_tasks
 from hdr.storage import Store
 from render import layout
@@ -22,6 +24,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--dataset", required=True, help="dataset root written by render.run (path or URL)")
     p.add_argument("--preset", choices=sorted(PRESETS), default="paper")
+    p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                   help="override a preset field, e.g. --set sigma_s_range=[0,0.01] --set rho=0.7 (repeatable; fields: "
+                   + ", ".join(f.name for f in dataclasses.fields(Preset) if f.name not in ("name", "notes")) + ")")
     p.add_argument("--per-clip", type=int, default=1, help="augmentations per clip")
     p.add_argument("--alternating", type=int, choices=(2, 3), help="alternating-exposure sequences (HDR-V-Diff)")
     p.add_argument("--seed", type=int, default=0, help="dataset seed")
@@ -33,15 +38,35 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def parse_overrides(items: list[str]) -> tuple:
+    """["rho=0.7", "sigma_s_range=[0, 0.01]"] -> (("rho", 0.7), ("sigma_s_range", (0.0, 0.01))); ValueError on an
+    unknown field or a malformed item."""
+    fields = {f.name for f in dataclasses.fields(Preset)} - {"name", "notes"}
+    out = []
+    for item in items:
+        key, sep, text = item.partition("=")
+        key = key.strip().replace("-", "_")
+        if not sep or key not in fields:
+            raise ValueError(f"--set {item!r}: expected FIELD=VALUE with FIELD one of {', '.join(sorted(fields))}")
+        value = yaml.safe_load(text)
+        out.append((key, tuple(value) if isinstance(value, list) else value))
+    return tuple(out)
+
+
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    try:
+        overrides = parse_overrides(args.set)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     store = Store(args.dataset)
     clips = sorted(layout.finished_clips(store))
     if not clips:
         print(f"error: no rendered clips (*/*/clip.json) in {args.dataset}", file=sys.stderr)
         return 2
     tasks = [AugTask(args.dataset, h, c, args.preset, args.per_clip, args.seed, args.alternating or 0,
-                     args.overwrite, args.preview) for h, c in clips]
+                     args.overwrite, args.preview, overrides) for h, c in clips]
     counts = {"written": 0, "skipped": 0, "failed": 0}
     failures = []
     bar = tqdm(total=len(tasks), unit="clip", desc="augment", file=sys.stderr, dynamic_ncols=True)

@@ -72,3 +72,20 @@ def test_alternating_exposures_through_ray(dataset):
 def test_empty_dataset_is_a_clear_error(tmp_path):
     r = run("--dataset", tmp_path)
     assert r.returncode == 2 and "no rendered clips" in r.stderr
+
+
+def test_preset_overrides_from_the_command_line(dataset):
+    r = run("--dataset", dataset, "--no-ray", "--set", "sigma_s_range=[0.01, 0.01]", "--set", "rho=0.8",
+            "--set", "noise_probability=1")
+    assert r.returncode == 0, r.stderr
+    meta = json.loads((dataset / "forest/rotation_000/ldr/paper_00/aug.json").read_text())
+    assert meta["preset_settings"]["rho"] == 0.8 and meta["params"]["rho"] == 0.8
+    assert meta["params"]["sigma_s"] == 0.01 and meta["preset_settings"]["sigma_s_range"] == [0.01, 0.01]
+    # the same overrides again: nothing to do; other overrides: a conflict, not a silent overwrite
+    r = run("--dataset", dataset, "--no-ray", "--set", "sigma_s_range=[0.01, 0.01]", "--set", "rho=0.8",
+            "--set", "noise_probability=1")
+    assert "wrote 0 augmentations, 4 already done" in r.stderr
+    r = run("--dataset", dataset, "--no-ray", "--set", "rho=0.3")
+    assert r.returncode == 1 and "preset overrides" in r.stderr
+    r = run("--dataset", dataset, "--no-ray", "--set", "sigma=3")
+    assert r.returncode == 2 and "FIELD one of" in r.stderr
