@@ -71,6 +71,14 @@ def test_render_on_two_nodes_survives_losing_one(two_nodes, hdri_dir, tmp_path):
     assert set(nodes.values()) == {cluster.head_node.node_id, node2.node_id}, err
     _assert_every_clip_once_and_valid(out)
 
+    # the per-clip stages fan out over the same cluster
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env["PYTHONPATH"] = str(REPO)
+    r = subprocess.run([sys.executable, "-m", "augment.run", "--dataset", str(out), "--address", cluster.address],
+                       cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0 and f"wrote {len(HDRIS) * 3} augmentations" in r.stderr, r.stderr
+    assert len(list(out.glob("*/*/ldr/paper_00/aug.json"))) == len(HDRIS) * 3
+
     # 2. the second node's raylet is killed (by its pid) in the middle of an HDRI task (one of its clips published,
     #    the next one being rendered): the run completes with every clip valid and present once. (Whether the
     #    victim's last clips come from the retry on the head or from node 2's orphaned worker, which may finish its
