@@ -59,8 +59,8 @@ def _init_ray(opts: RayOptions):
     if address:
         modules = toolkit_modules() if opts.py_modules is None else opts.py_modules
         ray.init(address=address, runtime_env={"py_modules": modules} if modules else None, **common)
-    else:
-        ray.init(object_store_memory=opts.local_object_store_bytes, **common)
+    else:  # "local": always a private instance, never one that happens to run on this machine
+        ray.init(address="local", object_store_memory=opts.local_object_store_bytes, **common)
     return ray
 
 

@@ -59,6 +59,9 @@ def tiny_dataset_src(bundled_hdris, tmp_path_factory) -> Path:
         for clip in TINY["programs"]:
             augment_clip(AugTask(str(root), name, clip, "paper", 1, 0))
             augment_clip(AugTask(str(root), name, clip, "paper", 1, 0, alternating=3))
+    from caption.clip import caption_dataset
+
+    caption_dataset(str(root))  # stats backend (no model): every clip gets a caption.json
     return root
 
 

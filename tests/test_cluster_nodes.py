@@ -78,6 +78,11 @@ def test_render_on_two_nodes_survives_losing_one(two_nodes, hdri_dir, tmp_path):
                        cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0 and f"wrote {len(HDRIS) * 3} augmentations" in r.stderr, r.stderr
     assert len(list(out.glob("*/*/ldr/paper_00/aug.json"))) == len(HDRIS) * 3
+    r = subprocess.run([sys.executable, "-m", "caption.run", "--dataset", str(out), "--backend", "stats",
+                        "--address", cluster.address, "--batch-size", "2"],
+                       cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0 and f"captioned {len(HDRIS) * 3} clips" in r.stderr, r.stderr
+    assert len(list(out.glob("*/*/caption.json"))) == len(HDRIS) * 3
 
     # 2. the second node's raylet is killed (by its pid) in the middle of an HDRI task (one of its clips published,
     #    the next one being rendered): the run completes with every clip valid and present once. (Whether the
