@@ -85,3 +85,24 @@ def reinhard(x):
     """Reinhard's global operator x / (1 + x), per channel, on linear values (display-referred [0, 1) out)."""
     x = _clamp(x, 0.0, None)
     return x / (1.0 + x)
+
+
+# PU21 (Mantiuk & Azimi 2021, "PU21: A novel perceptually uniform encoding for adapting existing quality metrics for
+# HDR", Picture Coding Symposium): V = p7 * (((p1 + p2 Y^p4) / (1 + p3 Y^p4))^p5 - p6), Y in cd/m^2 clamped to
+# [0.005, 10000]. Parameters: the published 'banding_glare' set (the authors' recommended default) as in the reference
+# code gfxdisp/pu21 (matlab/pu21_encoder.m, "updated on 06/02/2020"; also pycvvdp.utils.PU). Note: pyfvvdp 1.2.2 ships
+# a different 'banding_glare' fit (566.6 instead of 595.4 at 10000 cd/m^2); this one is the published one.
+PU21_BANDING_GLARE = (0.353487901, 0.3734658629, 8.277049286e-05, 0.9062562627, 0.09150303166, 0.9099517204,
+                      596.3148142)
+PU21_L_MIN = 0.005
+PU21_L_MAX = 10000.0
+
+
+def pu21_encode(y, params=PU21_BANDING_GLARE):
+    """Absolute luminance (cd/m^2, numpy or torch) -> PU21 units (~0 at 0.005 cd/m^2, ~595 at 10000 cd/m^2)."""
+    p1, p2, p3, p4, p5, p6, p7 = params
+    yp = _clamp(y, PU21_L_MIN, PU21_L_MAX) ** p4
+    return p7 * (((p1 + p2 * yp) / (1.0 + p3 * yp)) ** p5 - p6)
+
+
+PU21_PEAK = float(pu21_encode(PU21_L_MAX))  # the PSNR peak of PU21-encoded images (value at 10000 cd/m^2)

@@ -86,3 +86,16 @@ def test_render_to_s3_and_a_kill_before_clip_json(s3_env, bundled_hdris, tmp_pat
     # and a rerun renders nothing
     r = _cli("render.run", "--hdris", "s3://maps/polyhaven", "--out", "s3://data/run1", "--no-ray", *ARGS)
     assert r.returncode == 0 and "rendered 0 clips, 4 already complete" in r.stderr, r.stderr
+
+    # a manifest of the bucket, verified against the bucket; a changed object is named
+    r = _cli("manifests", "build", "--root", "s3://data/run1", "--test", "1")
+    assert r.returncode == 0, r.stderr
+    assert out.exists("manifests/v0001.parquet") and out.exists("manifests/v0001.json")
+    r = _cli("manifests", "verify", "v1", "--root", "s3://data/run1")
+    assert r.returncode == 0, r.stdout + r.stderr
+    victim = f"{hdri_id}/{clip_id}/frame_0001.exr"
+    data = bytearray(out.read_bytes(victim))
+    data[-100] ^= 0xFF
+    out.write_bytes(victim, bytes(data))
+    r = _cli("manifests", "verify", "v1", "--root", "s3://data/run1")
+    assert r.returncode == 1 and victim in r.stdout + r.stderr
