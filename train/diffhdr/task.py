@@ -1,0 +1,374 @@
+"""The DiffHDR training task for the shared engine (``train.engine.TrainTask``).
+
+One step (DiffHDR §3.3, §4.1; recipe options in :data:`RECIPES`):
+
+1. a window of the manifest's train split (``manifests.dataset.ClipWindowDataset``: HDR target, LDR made on the
+   fly by the augment library with the configured preset or read from the stored augmentation, exposure masks,
+   captions);
+2. target = HDR (times 2^Delta when ``target_exposure: shifted``) -> clamp M -> Log-Gamma -> fp32 VAE latent
+   (optionally from the on-disk latent cache);
+3. control = LDR (under-exposed regions painted sRGB gray 0.5 when ``gray_under``, over-exposed too with
+   probability ``gray_over_prob``) -> linearise -> Log-Gamma -> VACE context with the exposure mask (over | under);
+4. optionally (``reference_prob``; the public code: the 3/8 of samples with r >= 0.625) the first GT frame as a VACE
+   reference frame, prepended to target and context;
+5. text = the structured caption, or the public code's prompt mix (``prompt_mode: code-mix``: 1/8 text-to-HDR with a
+   gray control and an all-ones mask and the GT at its original exposure, 1/8 empty prompt, 1/2 over/under prompt,
+   1/4 empty prompt -- the code's comment says "3/8" for the over/under share, its thresholds 0.25..0.75 give 1/2);
+6. rectified flow matching in diffusers' convention (see ``conditioning``), timestep sampling and shift as Wan.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections import OrderedDict
+from pathlib import Path
+
+import torch
+
+from hdr.color import LOG_GAMMA_G, LOG_GAMMA_M
+from train.diffhdr import conditioning as C
+from train.diffhdr.model import ModelError, add_lora, load_backbone, lora_state_dict, module_hash
+from train.engine import TrainError
+
+LORA_FILE = "lora.safetensors"
+
+# named data recipes: "paper" (DiffHDR as written) and "diffhdr-code" (Eyeline-Labs/DiffHDR scripts/train.sh +
+# diffsynth/data/hdr_video.py); every key can be overridden in the config's data: section
+RECIPES = {
+    "paper": dict(preset="paper", target_exposure="original", prompt_mode="caption", gray_under=False,
+                  gray_over_prob=0.0, gray_level=0.5, mask_mode="dataset", reference_prob=0.0),
+    "diffhdr-code": dict(preset="diffhdr-code", target_exposure="shifted", prompt_mode="code-mix", gray_under=True,
+                         gray_over_prob=0.1, gray_level=0.5, mask_mode="diffhdr-code", reference_prob=0.375),
+}
+DATA_DEFAULTS = dict(recipe="paper", split="train", window=33, ldr="augment", aug_kind="single", seed=0,
+                     cache_latents=False, cache_dir=None, max_sequence_length=226, text_cache_size=256,
+                     log_gamma_m=LOG_GAMMA_M, log_gamma_g=LOG_GAMMA_G, caption_dropout=0.0)
+PROMPT_MODES = ("caption", "empty", "code-mix")
+
+
+def resolve_data_config(dcfg: dict | None) -> dict:
+    d = dict(dcfg or {})
+    recipe = d.get("recipe", DATA_DEFAULTS["recipe"])
+    if recipe not in RECIPES:
+        raise TrainError(f"data.recipe must be one of {', '.join(RECIPES)}, got {recipe!r}")
+    out = {**DATA_DEFAULTS, **RECIPES[recipe], **d}
+    if out["prompt_mode"] not in PROMPT_MODES:
+        raise TrainError(f"data.prompt_mode must be one of {', '.join(PROMPT_MODES)}, got {out['prompt_mode']!r}")
+    if out["target_exposure"] not in ("original", "shifted"):
+        raise TrainError(f"data.target_exposure must be original or shifted, got {out['target_exposure']!r}")
+    if out["mask_mode"] not in ("dataset", "paper", "diffhdr-code"):
+        raise TrainError(f"data.mask_mode must be dataset, paper or diffhdr-code, got {out['mask_mode']!r}")
+    if int(out["window"]) % 4 != 1:
+        raise TrainError(f"data.window must be 4k+1 frames (the Wan VAE's temporal stride), got {out['window']}")
+    return out
+
+
+def exposure_stops(params) -> float:
+    """The exposure shift Delta of an augmentation (``exposure_stops`` anywhere in its params dict), else 0."""
+    if isinstance(params, dict):
+        if "exposure_stops" in params and isinstance(params["exposure_stops"], (int, float)):
+            return float(params["exposure_stops"])
+        for v in params.values():
+            if isinstance(v, dict):
+                s = exposure_stops(v)
+                if s:
+                    return s
+    return 0.0
+
+
+def draw_prompt(r_prompt: float, r_drop: float, mode: str, item: dict, dropout: float = 0.0) -> tuple[str, bool]:
+    """(prompt, text_to_hdr) for one sample from two uniform draws.
+
+    ``caption``: the structured caption (DiffHDR §3.4.2); ``empty``: ""; ``code-mix`` (public code,
+    diffsynth/data/hdr_video.py): r < 1/8 text-to-HDR with the caption; 1/8 <= r < 1/4 empty; 1/4 <= r < 3/4 the
+    over/under prompt; r >= 3/4 empty. Then the prompt is dropped with probability ``dropout``."""
+    caption = item.get("caption") or ""
+    over_t, under_t = item.get("overexposed") or "", item.get("underexposed") or ""
+    structured = C.structured_caption(over_t, under_t) if (over_t or under_t) else caption
+    text_to_hdr = False
+    if mode == "caption":
+        prompt = structured
+    elif mode == "empty":
+        prompt = ""
+    elif r_prompt < 0.125:
+        text_to_hdr, prompt = True, caption or structured
+    elif 0.25 <= r_prompt < 0.75:
+        prompt = structured
+    else:
+        prompt = ""
+    if r_drop < dropout:
+        prompt = ""
+    return prompt, text_to_hdr
+
+
+def use_reference(r_prompt: float, r_ref: float, d: dict) -> bool:
+    """Whether a sample gets the VACE reference frame: with prompt_mode code-mix the public code's coupling
+    (r_prompt >= 1 - reference_prob, i.e. r >= 0.625 for 3/8), otherwise an independent draw."""
+    p = float(d["reference_prob"])
+    if p <= 0:
+        return False
+    return r_prompt >= 1.0 - p if d["prompt_mode"] == "code-mix" else r_ref < p
+
+
+def control_video(item: dict, d: dict, gray_over: bool, text_to_hdr: bool, device="cpu"):
+    """(control (T, 3, H, W) Log-Gamma [0, 1], VACE mask (T, H, W) in {0, 1}) for one window.
+
+    Normal: the LDR with under-exposed pixels painted sRGB gray (``gray_under``) and over-exposed ones too when
+    ``gray_over``, linearised and Log-Gamma mapped; mask = over | under. Text-to-HDR: a gray control and a mask of
+    ones (the public code's hybrid branch)."""
+    ldr = item["ldr"].to(device).float()                               # (T, 3, H, W) sRGB [0, 1]
+    over = item["over"].to(device).float()[:, 0] > 0.5                 # (T, H, W)
+    under = item["under"].to(device).float()[:, 0] > 0.5
+    m, g = float(d["log_gamma_m"]), float(d["log_gamma_g"])
+    if text_to_hdr:
+        return C.gray_unit(ldr, float(d["gray_level"])), torch.ones_like(over, dtype=torch.float32)
+    gray = torch.full_like(ldr, float(d["gray_level"]))
+    srgb = ldr
+    if d["gray_under"]:
+        srgb = torch.where(under[:, None], gray, srgb)
+    if gray_over:
+        srgb = torch.where(over[:, None], gray, srgb)
+    return C.ldr_to_unit(srgb, m=m, g=g), (over | under).float()
+
+
+def recompute_masks(ldr: torch.Tensor, mode: str) -> dict:
+    """Exposure masks of an 8-bit sRGB window (T, 3, H, W) in [0, 1] by the augment library's named mode
+    (``augment.masks.exposure_masks``), as {"over", "under"} (T, 1, H, W). ``data.mask_mode: dataset`` skips this
+    and uses the loader's masks."""
+    from augment.masks import exposure_masks
+
+    u8 = (ldr.detach().float().cpu() * 255.0).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    over, under = exposure_masks(u8, mode=mode)
+    return {"over": torch.as_tensor(over, dtype=torch.float32)[:, None],
+            "under": torch.as_tensor(under, dtype=torch.float32)[:, None]}
+
+
+def collate(items: list[dict]) -> dict:
+    out = {}
+    for k in items[0]:
+        vals = [it[k] for it in items]
+        out[k] = torch.stack(vals) if torch.is_tensor(vals[0]) else vals
+    return out
+
+
+class LatentCache:
+    """Target latents on disk: one safetensors file per (clip content, window start, length, exposure shift,
+    Log-Gamma constants, frame size, VAE hash); written atomically (temp + rename)."""
+
+    def __init__(self, root: str | os.PathLike, vae_hash: str):
+        self.dir = Path(root) / f"vae-{vae_hash[:16]}"
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.hits = self.misses = 0
+
+    @staticmethod
+    def key(clip: str, start: int, window: int, stops: float, m: float, g: float, hw) -> str:
+        text = json.dumps([clip, int(start), int(window), round(float(stops), 6), float(m), float(g), list(hw)])
+        return hashlib.blake2b(text.encode(), digest_size=16).hexdigest()
+
+    def get(self, key: str):
+        from safetensors.torch import load_file
+
+        p = self.dir / f"{key}.safetensors"
+        if p.is_file():
+            self.hits += 1
+            return load_file(p)["latent"]
+        self.misses += 1
+        return None
+
+    def put(self, key: str, latent: torch.Tensor) -> None:
+        from safetensors.torch import save_file
+
+        p = self.dir / f"{key}.safetensors"
+        tmp = p.with_name(f".{p.name}.{os.getpid()}.tmp")
+        save_file({"latent": latent.detach().cpu().contiguous()}, tmp)
+        os.replace(tmp, p)
+
+
+class DiffHDRTask:
+    name = "diffhdr"
+
+    def __init__(self, config: dict, manifest=None, dataset=None):
+        self.config = config
+        self.manifest = manifest
+        self._dataset = dataset
+        self.dcfg = resolve_data_config(config.get("data"))
+        self.fcfg = dict(config.get("flow") or {})
+        self.mcfg = dict(config.get("model") or {})
+        if manifest is None and dataset is None:
+            raise TrainError("diffhdr: a manifest (or a dataset) is required")
+
+    # ---- engine protocol
+    def build(self, config, device, weight_dtype):
+        self.device = torch.device(device)
+        self.weight_dtype = weight_dtype
+        try:
+            self.transformer, self.vae, self.text_encoder, self.tokenizer = load_backbone(self.mcfg, device,
+                                                                                          weight_dtype)
+            self.lora_info = add_lora(self.transformer, self.mcfg.get("lora"))
+        except ModelError as e:
+            raise TrainError(str(e)) from None
+        self.patch_hw = int(self.transformer.config.patch_size[1])
+        self._text_cache: OrderedDict = OrderedDict()
+        self.cache = None
+        if self.dcfg["cache_latents"]:
+            root = self.dcfg["cache_dir"] or os.path.join(os.path.expanduser("~"), ".cache", "hdr-video-toolkit",
+                                                          "diffhdr-latents")
+            self.cache = LatentCache(root, module_hash(self.vae))
+        if self._dataset is None:
+            self._dataset = self._manifest_dataset()
+        self._clip_hash = {}
+        if self.manifest is not None:
+            self._clip_hash = {c.key: c.clip_hash for c in self.manifest.clips(self.dcfg["split"])}
+
+    def _manifest_dataset(self):
+        try:
+            from manifests.dataset import ClipWindowDataset
+        except ImportError as e:
+            raise TrainError(f"manifests.dataset.ClipWindowDataset is not available ({e})") from None
+        d = self.dcfg
+        try:
+            ds = ClipWindowDataset(self.manifest, d["split"], window=int(d["window"]), ldr=d["ldr"],
+                                   preset=d["preset"], seed=int(d["seed"]), aug_kind=d["aug_kind"])
+        except (ValueError, KeyError, OSError) as e:
+            raise TrainError(f"diffhdr data: {e}") from None
+        if len(ds) == 0:
+            raise TrainError(f"manifest {getattr(self.manifest, 'version', '?')}: the {d['split']} split is empty")
+        return ds
+
+    def module(self):
+        return self.transformer
+
+    def dataset(self):
+        return self._dataset
+
+    def collate(self, items):
+        return collate(items)
+
+    def enable_gradient_checkpointing(self):
+        self.transformer.enable_gradient_checkpointing()
+
+    def describe(self) -> dict:
+        return {"lora": self.lora_info, "data": self.dcfg, "flow": self.fcfg,
+                "transformer_parameters": sum(p.numel() for p in self.transformer.parameters()),
+                "latent_cache": str(self.cache.dir) if self.cache else None}
+
+    # ---- text
+    @torch.no_grad()
+    def encode_prompts(self, prompts: list[str]) -> torch.Tensor:
+        """UMT5 embeddings (B, L, D) padded with zeros after each prompt's tokens, like WanVACEPipeline; an LRU
+        cache keeps recent prompts (they repeat: "", per-clip captions)."""
+        L = int(self.dcfg["max_sequence_length"])
+        missing = [p for p in dict.fromkeys(prompts) if p not in self._text_cache]
+        if missing:
+            tok = self.tokenizer(missing, padding="max_length", max_length=L, truncation=True,
+                                 add_special_tokens=True, return_attention_mask=True, return_tensors="pt")
+            ids, mask = tok.input_ids.to(self.device), tok.attention_mask.to(self.device)
+            emb = self.text_encoder(ids, mask).last_hidden_state
+            emb = emb * mask.unsqueeze(-1).to(emb.dtype)
+            for p, e in zip(missing, emb):
+                self._text_cache[p] = e
+                while len(self._text_cache) > int(self.dcfg["text_cache_size"]):
+                    self._text_cache.popitem(last=False)
+        for p in prompts:
+            self._text_cache.move_to_end(p)
+        return torch.stack([self._text_cache[p] for p in prompts]).to(self.weight_dtype)
+
+    # ---- one sample -> (target latent, control latents, prompt)
+    def prepare_sample(self, item: dict, generator: torch.Generator):
+        d = self.dcfg
+        m, g = float(d["log_gamma_m"]), float(d["log_gamma_g"])
+        r_prompt, r_over, r_drop, r_ref = (float(x) for x in torch.rand(4, generator=generator))
+        stops = exposure_stops(item.get("params") or {})
+        prompt, text_to_hdr = draw_prompt(r_prompt, r_drop, d["prompt_mode"], item, float(d["caption_dropout"]))
+        use_ref = use_reference(r_prompt, r_ref, d) and not text_to_hdr
+
+        hdr = item["hdr"].to(self.device).float()                       # (T, 3, H, W) linear
+        shift = stops if (d["target_exposure"] == "shifted" and not text_to_hdr) else 0.0
+        t, _, h, w = hdr.shape
+        latent = key = None
+        if self.cache is not None:
+            clip = self._clip_hash.get(item["key"], item["key"])
+            key = LatentCache.key(clip, int(item["start"]), t, shift, m, g, (h, w))
+            latent = self.cache.get(key)
+            if latent is not None:
+                latent = latent.to(self.device)
+        if latent is None:
+            latent = self.target_latent(hdr, shift)
+            if key is not None:
+                self.cache.put(key, latent)
+        if d["mask_mode"] != "dataset":
+            item = {**item, **recompute_masks(item["ldr"], d["mask_mode"])}
+        control, mask = control_video(item, d, r_over < float(d["gray_over_prob"]), text_to_hdr, self.device)
+        ctrl = C.control_latents(self.vae, control[None], mask[None], self.patch_hw)[0]
+        if use_ref:
+            # VACE reference (public code, DiffSynth layout): the first GT frame, at the target's exposure, in
+            # Log-Gamma, encoded alone and prepended in time to the target latent (it is denoised and in the loss
+            # too) and to the context as [ref latent, zeros] with a zero mask
+            ref = C.encode(self.vae, C.to_vae_video(C.hdr_to_unit(hdr[:1] * float(2.0 ** shift), m=m, g=g)[None]))[0]
+            latent = torch.cat([ref, latent], dim=1)
+            ctrl = torch.cat([torch.cat([ref, torch.zeros_like(ref), torch.zeros(64, *ref.shape[1:]).to(ref)]), ctrl],
+                             dim=1)
+        return latent, ctrl, prompt, {"text_to_hdr": float(text_to_hdr), "exposure_stops": stops,
+                                      "reference": float(use_ref)}
+
+    def target_latent(self, hdr: torch.Tensor, shift: float = 0.0) -> torch.Tensor:
+        """(T, 3, H, W) radiance -> x 2^shift -> clamp M -> Log-Gamma (DiffHDR eq. 3) -> normalised fp32 latent."""
+        d = self.dcfg
+        unit = C.hdr_to_unit(hdr.float() * float(2.0 ** shift), m=float(d["log_gamma_m"]), g=float(d["log_gamma_g"]))
+        return C.encode(self.vae, C.to_vae_video(unit[None]))[0]
+
+    def training_step(self, model, batch, generator):
+        n = len(batch["key"])
+        lat, ctrl, prompts, info = [], [], [], []
+        for i in range(n):
+            item = {k: (v[i] if (torch.is_tensor(v) or isinstance(v, list)) else v) for k, v in batch.items()}
+            a, b, p, extra = self.prepare_sample(item, generator)
+            lat.append(a)
+            ctrl.append(b)
+            prompts.append(p)
+            info.append(extra)
+        if len({a.shape for a in lat}) > 1:
+            raise TrainError("a batch mixes windows with and without a reference frame: use train.batch_size 1 "
+                             "(per process, as the public code) with data.reference_prob > 0")
+        x_data = torch.stack(lat)
+        control = torch.stack(ctrl)
+        emb = self.encode_prompts(prompts)
+        sigmas = C.sample_sigmas(n, generator, self.fcfg)
+        noise = torch.randn(x_data.shape, generator=generator).to(x_data)
+        x_sigma, target = C.flow_pair(x_data, noise, sigmas)
+        dt = next(p.dtype for n_, p in self.transformer.named_parameters() if "lora_" not in n_)
+        pred = model(hidden_states=x_sigma.to(dt), timestep=(sigmas * 1000.0).to(self.device),
+                     encoder_hidden_states=emb, control_hidden_states=control.to(dt), return_dict=False)[0]
+        per = torch.nn.functional.mse_loss(pred.float(), target.float(), reduction="none").flatten(1).mean(1)
+        w = C.loss_weights(sigmas, self.fcfg).to(per)
+        loss = (per * w).mean()
+        return {"loss": loss, "sigma": sigmas.mean(), "text_to_hdr": sum(x["text_to_hdr"] for x in info) / n,
+                "reference": sum(x["reference"] for x in info) / n,
+                "empty_prompt": sum(p == "" for p in prompts) / n}
+
+    # ---- deliverable
+    def export(self, run_dir, trainable_state):
+        from diffusers import WanVACEPipeline
+
+        run_dir = Path(run_dir)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        sd = lora_state_dict(self.transformer, trainable_state)
+        meta = {"r": self.lora_info["rank"], "lora_alpha": self.lora_info["alpha"],
+                "target_modules": self.lora_info["regex"]}
+        WanVACEPipeline.save_lora_weights(str(run_dir), transformer_lora_layers=sd, weight_name=LORA_FILE,
+                                          transformer_lora_adapter_metadata=meta)
+        info = {"lora": self.lora_info, "model": {k: v for k, v in self.mcfg.items() if k != "lora"},
+                "data": {k: self.dcfg[k] for k in ("recipe", "preset", "log_gamma_m", "log_gamma_g",
+                                                    "max_sequence_length")},
+                "flow": self.fcfg, "format": "diffusers WanVACEPipeline.load_lora_weights (transformer.*)"}
+        tmp = run_dir / ".lora.json.tmp"
+        tmp.write_text(json.dumps(info, indent=2, default=str))
+        os.replace(tmp, run_dir / "lora.json")
+        return [str(run_dir / LORA_FILE), str(run_dir / "lora.json")]
+
+
+def make_task(config: dict, manifest) -> DiffHDRTask:
+    if config.get("stage") not in (None, "", "lora"):
+        raise TrainError(f"diffhdr has one training stage; --stage {config.get('stage')!r} is not known")
+    return DiffHDRTask(config, manifest)

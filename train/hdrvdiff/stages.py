@@ -1,0 +1,325 @@
+"""The three training stages of HDR-V-Diff (§3.3 "Training Strategy") as tasks of the shared engine (train/engine.py):
+
+  ldm    HDR-LDM's denoiser with eq. 5 (the SD VAE frozen);
+  tcam   TCAM + the Restormer temporal decoder, end to end with eq. 7;
+  recon  the reconstruction module (ZiCA per scale + fusion) with eq. 7, HDR-LDM and TCAM/decoder frozen.
+
+Each stage is one ``nn.Module`` whose ``forward(batch, generator)`` returns the loss dict (so DDP/FSDP wrap the
+whole step); its only trainable parameters are the stage's model. ``export`` writes the stage's model with
+``save_pretrained`` (diffusers config + safetensors) and ``hdrvdiff.json`` (what the next stage / inference loads).
+"""
+from __future__ import annotations
+
+import copy
+import json
+import os
+import shutil
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from train.engine import TrainError, load_trainable_state
+from train.hdrvdiff.data import prepare, random_crop
+from train.hdrvdiff.ldm import SD_SCHEDULER, HDRLDM, load_vae
+from train.hdrvdiff.losses import Eq7Loss, VGGPerceptual
+from train.hdrvdiff.recon import ReconstructionModule
+from train.hdrvdiff.temporal import TemporalBranch
+from train.hdrvdiff.unet import HDRLDMUNet
+
+STAGES = ("ldm", "tcam", "recon")
+RECORD = "hdrvdiff.json"
+EXPORT_DIRS = {"ldm": "unet", "tcam": "temporal", "recon": "recon"}
+
+# Paper-sized defaults (the SD VAE comes from a local folder: model.vae = "/path/to/sd-vae"); see hdrvdiff_tiny.yaml.
+MODEL_DEFAULTS = {
+    "vae": None, "vae_subfolder": None, "vae_seed": 0,
+    "unet": {}, "temporal": {}, "recon": {},
+    "scheduler": dict(SD_SCHEDULER), "ddim_steps": 10,
+    "vgg_weights": None, "vgg_layers": ["relu1_2", "relu2_2", "relu3_4", "relu4_4"],
+    "loss_weights": {"l1": 1.0, "temp": 0.1, "perceptual": 0.1},
+    "ldm_dir": None, "temporal_dir": None,
+}
+DATA_DEFAULTS = {"exposures": 3, "ldr": "stored", "preset": "paper", "crop": None, "split": "train"}
+
+
+def model_config(config: dict) -> dict:
+    m = copy.deepcopy(MODEL_DEFAULTS)
+    unknown = sorted(set(config.get("model") or {}) - set(m))
+    if unknown:
+        raise TrainError(f"config model: unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(m))}")
+    m.update(copy.deepcopy(config.get("model") or {}))
+    return m
+
+
+def data_config(config: dict) -> dict:
+    d = dict(DATA_DEFAULTS)
+    d.update({k: v for k, v in (config.get("data") or {}).items() if k != "cache_latents"})
+    unknown = sorted(set(d) - set(DATA_DEFAULTS))
+    if unknown:
+        raise TrainError(f"config data: unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(DATA_DEFAULTS))}")
+    if int(d["exposures"]) not in (2, 3):
+        raise TrainError(f"config data.exposures must be 2 or 3, got {d['exposures']!r}")
+    return d
+
+
+def build_vae(m: dict, ldm_dir: str | None = None):
+    """The frozen SD VAE: ``model.vae`` a local folder, or a config dict built with random weights seeded by
+    ``model.vae_seed`` (tests); a VAE exported next to a trained U-Net (``ldm_dir/vae``) takes precedence."""
+    if ldm_dir and (Path(ldm_dir) / "vae").is_dir():
+        return load_vae(str(Path(ldm_dir) / "vae"))
+    spec = m["vae"]
+    if spec is None:
+        raise TrainError("config model.vae is not set: give the local folder of a pretrained SD VAE "
+                         "(diffusers AutoencoderKL) or a config dict")
+    if isinstance(spec, dict):
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(int(m["vae_seed"]))
+            return load_vae(spec)
+    try:
+        return load_vae(spec, m["vae_subfolder"])
+    except (OSError, ValueError) as e:
+        raise TrainError(f"{spec}: cannot load the VAE ({e})") from None
+
+
+def decoder_scale_indices(n_up: int, n_scales: int = 3) -> list[int]:
+    """Which SD-decoder up-block output gives F_d^s at 1/2^s of the image: block i < n-1 upsamples, so block i
+    outputs latent * 2^(i+1) and the last one the image size (the last block of each resolution is used)."""
+    return [n_up - 1 if s == 0 else max(n_up - 2 - s, 0) for s in range(n_scales)]
+
+
+def _load(cls, folder: Path, what: str):
+    if not (folder / "config.json").is_file():
+        raise TrainError(f"{folder}: no exported {what} here (train that stage first, or set the path in the config)")
+    model = cls.from_pretrained(str(folder))
+    return model.requires_grad_(False).eval()
+
+
+def _windows(d: dict, n: int):
+    """Two consecutive windows of n frames (for L_temp) from a window of >= n + 1 frames: their starts and centres."""
+    t = d["L"].shape[1]
+    if t < n + 1:
+        raise TrainError(f"data window has {t} frames; stages tcam/recon need n_frames + 1 = {n + 1}")
+    s = (t - n - 1) // 2
+    return (s, s + 1), (s + n // 2, s + 1 + n // 2)
+
+
+class _Stage(nn.Module):
+    frozen: tuple = ()
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        for name in self.frozen:  # frozen parts stay in eval mode
+            if getattr(self, name, None) is not None:
+                getattr(self, name).eval()
+        return self
+
+
+class LDMStage(_Stage):
+    """Eq. 5 on every frame of the window (each frame is a (HDR, LDR, e_k) sample)."""
+
+    frozen = ("vae",)
+
+    def __init__(self, ldm: HDRLDM, crop: int | None = None):
+        super().__init__()
+        self.ldm, self.vae, self.crop = ldm, ldm.vae, crop
+        self.ldm.vae.requires_grad_(False)
+        vae_factor = 2 ** (len(ldm.vae.config.block_out_channels) - 1)
+        self.multiple = vae_factor * ldm.unet.downscale
+
+    def trainable(self) -> nn.Module:
+        return self.ldm.unet
+
+    def forward(self, batch: dict, generator: torch.Generator | None = None) -> dict:
+        dev = next(self.ldm.unet.parameters()).device
+        d = random_crop(prepare(batch, dev), self.crop, self.multiple, generator)
+        b, t = d["ldr"].shape[:2]
+        loss = self.ldm.loss(d["target01"].flatten(0, 1), d["ldr"].flatten(0, 1), d["exposures"].reshape(b * t),
+                             generator)
+        return {"loss": loss}
+
+
+class TCAMStage(_Stage):
+    """Eq. 7 on the middle frames of two consecutive windows (L_temp needs both)."""
+
+    frozen = ("loss_fn",)
+
+    def __init__(self, temporal: TemporalBranch, loss_fn: Eq7Loss, crop: int | None = None):
+        super().__init__()
+        self.temporal, self.loss_fn, self.crop = temporal, loss_fn, crop
+
+    def trainable(self) -> nn.Module:
+        return self.temporal
+
+    def forward(self, batch: dict, generator: torch.Generator | None = None) -> dict:
+        dev = next(self.temporal.parameters()).device
+        d = random_crop(prepare(batch, dev), self.crop, 4, generator)
+        n = self.temporal.config.n_frames
+        (s0, s1), (c0, c1) = _windows(d, n)
+        pred, _ = self.temporal(torch.cat([d["L"][:, s0:s0 + n], d["L"][:, s1:s1 + n]]))
+        p0, p1 = pred.chunk(2)
+        loss, parts = self.loss_fn(p0, p1, d["target_tm"][:, c0], d["target_tm"][:, c1])
+        return {"loss": loss, **parts}
+
+
+class ReconStage(_Stage):
+    """Eq. 7 on the reconstruction module's output; HDR-LDM (DDIM, ``ddim_steps``) and the temporal branch frozen."""
+
+    frozen = ("ldm", "temporal", "loss_fn")
+
+    def __init__(self, ldm: HDRLDM, temporal: TemporalBranch, recon: ReconstructionModule, loss_fn: Eq7Loss,
+                 ddim_steps: int = 10, crop: int | None = None):
+        super().__init__()
+        self.ldm, self.temporal, self.recon, self.loss_fn = ldm, temporal, recon, loss_fn
+        self.ldm.requires_grad_(False)
+        self.temporal.requires_grad_(False)
+        self.ddim_steps, self.crop = int(ddim_steps), crop
+        vae_factor = 2 ** (len(ldm.vae.config.block_out_channels) - 1)
+        self.multiple = vae_factor * ldm.unet.downscale
+        self.scales = decoder_scale_indices(len(ldm.vae.config.block_out_channels))
+
+    def trainable(self) -> nn.Module:
+        return self.recon
+
+    def predict(self, L_windows, ref_ldr, ref_e, generator=None) -> torch.Tensor:
+        """mu-law HDR of each window's middle frame: ZiCA(SD-decoder features of the DDIM sample, temporal features)."""
+        with torch.no_grad():
+            _, tfeats = self.temporal(L_windows)
+            z = self.ldm.sample(ref_ldr, ref_e, self.ddim_steps, generator)
+            dfeats, _ = self.ldm.decoder_features(z)
+        return self.recon([dfeats[i] for i in self.scales], tfeats)
+
+    def forward(self, batch: dict, generator: torch.Generator | None = None) -> dict:
+        dev = next(self.recon.parameters()).device
+        d = random_crop(prepare(batch, dev), self.crop, self.multiple, generator)
+        n = self.temporal.config.n_frames
+        (s0, s1), (c0, c1) = _windows(d, n)
+        pred = self.predict(torch.cat([d["L"][:, s0:s0 + n], d["L"][:, s1:s1 + n]]),
+                            torch.cat([d["ldr"][:, c0], d["ldr"][:, c1]]),
+                            torch.cat([d["exposures"][:, c0], d["exposures"][:, c1]]), generator)
+        p0, p1 = pred.chunk(2)
+        loss, parts = self.loss_fn(p0, p1, d["target_tm"][:, c0], d["target_tm"][:, c1])
+        return {"loss": loss, **parts}
+
+
+def build_loss(m: dict) -> Eq7Loss:
+    w = m["loss_weights"]
+    try:
+        vgg = VGGPerceptual(m["vgg_weights"], tuple(m["vgg_layers"]))
+    except (OSError, RuntimeError, ValueError) as e:
+        raise TrainError(f"VGG-19 perceptual loss: {e}") from None
+    return Eq7Loss(vgg, float(w["l1"]), float(w["temp"]), float(w["perceptual"]))
+
+
+def build_stage(stage: str, config: dict) -> _Stage:
+    """The stage module from a run config (``model:`` / ``data:`` sections; see train/configs/hdrvdiff_tiny.yaml)."""
+    if stage not in STAGES:
+        raise TrainError(f"--stage must be one of {', '.join(STAGES)} (got {stage!r})")
+    m, d = model_config(config), data_config(config)
+    if stage == "ldm":
+        return LDMStage(HDRLDM(build_vae(m), HDRLDMUNet(**m["unet"]), m["scheduler"]), d["crop"])
+    if stage == "tcam":
+        return TCAMStage(TemporalBranch(**m["temporal"]), build_loss(m), d["crop"])
+    for key in ("ldm_dir", "temporal_dir"):
+        if not m[key]:
+            raise TrainError(f"stage recon needs model.{key} (the run folder of stage "
+                             f"{'ldm' if key == 'ldm_dir' else 'tcam'})")
+    ldm_dir, tdir = Path(m["ldm_dir"]), Path(m["temporal_dir"])
+    ldm = HDRLDM(build_vae(m, str(ldm_dir)), _load(HDRLDMUNet, ldm_dir / "unet", "HDR-LDM U-Net"), m["scheduler"])
+    temporal = _load(TemporalBranch, tdir / "temporal", "temporal branch (TCAM + decoder)")
+    dch = list(reversed(ldm.vae.config.block_out_channels))
+    scales = decoder_scale_indices(len(dch))
+    recon = ReconstructionModule(diffusion_channels=tuple(dch[i] for i in scales),
+                                 temporal_channels=tuple(temporal.config.channels), **m["recon"])
+    recon.init_output_from(temporal.decoder.out)  # recon starts as the temporal branch's prediction
+    return ReconStage(ldm, temporal, recon, build_loss(m), m["ddim_steps"], d["crop"])
+
+
+def _publish_pretrained(model, folder: Path) -> None:
+    """save_pretrained into a temporary folder, then rename into place (never a half-written export)."""
+    tmp = folder.with_name(f".tmp-{folder.name}-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(str(tmp))
+    if folder.exists():
+        shutil.rmtree(folder)
+    os.replace(tmp, folder)
+
+
+class HDRVDiffTask:
+    """The engine task of one stage (protocol in train/engine.py)."""
+
+    name = "hdrvdiff"
+
+    def __init__(self, config: dict, manifest=None, stage: str | None = None, dataset=None):
+        self.config, self.manifest = config, manifest
+        self.stage = stage or config.get("stage")
+        if self.stage not in STAGES:
+            raise TrainError(f"hdrvdiff: stage must be one of {', '.join(STAGES)} (got {self.stage!r})")
+        self._dataset, self._module = dataset, None
+
+    def build(self, config: dict, device: torch.device, weight_dtype: torch.dtype) -> None:
+        self.config = config
+        threads = config.get("threads")
+        if threads:  # intra-op CPU threads; 1 keeps tiny models fast on a shared CPU (no OpenMP oversubscription)
+            torch.set_num_threads(int(threads))
+        self._module = build_stage(self.stage, config).to(device)
+        for name in self._module.frozen:  # frozen weights in the engine's dtype (bf16 on a GPU); VGG stays fp32
+            sub = getattr(self._module, name)
+            if name != "loss_fn" and next(sub.parameters()).dtype != weight_dtype:
+                sub.to(dtype=weight_dtype)
+
+    def module(self) -> nn.Module:
+        return self._module
+
+    def dataset(self):
+        if self._dataset is None:
+            from manifests.dataset import ClipWindowDataset
+
+            m, d = model_config(self.config), data_config(self.config)
+            n = int(m["temporal"].get("n_frames", 3))  # window n + 1: two consecutive n-frame windows (L_temp)
+            seed = int((self.config.get("train") or {}).get("seed", 0))
+            try:
+                self._dataset = ClipWindowDataset(self.manifest, d["split"], window=n + 1, ldr=d["ldr"],
+                                                  preset=d["preset"], seed=seed, aug_kind=f"alt{int(d['exposures'])}")
+            except ValueError as e:
+                raise TrainError(f"hdrvdiff data: {e}") from None
+        return self._dataset
+
+    def collate(self, items: list):
+        from manifests.dataset import collate_windows
+
+        return collate_windows(items)
+
+    def training_step(self, model, batch, generator: torch.Generator) -> dict:
+        return model(batch, generator)
+
+    def export(self, run_dir: Path, trainable_state: dict) -> list:
+        run_dir = Path(run_dir)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        load_trainable_state(self._module, trainable_state, f"{run_dir} export")
+        model = self._module.trainable()
+        out = run_dir / EXPORT_DIRS[self.stage]
+        _publish_pretrained(model, out)
+        written = [str(out)]
+        m = model_config(self.config)
+        record = {"schema": "hdr-toolkit/hdrvdiff/1", "stage": self.stage, "model": EXPORT_DIRS[self.stage],
+                  "data": data_config(self.config), "ddim_steps": m["ddim_steps"], "scheduler": m["scheduler"]}
+        if self.stage == "ldm":
+            vae_dir = run_dir / "vae"  # the VAE the U-Net was trained against (random ones would not be rebuilt)
+            if isinstance(m["vae"], dict):
+                _publish_pretrained(self._module.ldm.vae, vae_dir)
+                written.append(str(vae_dir))
+            record["vae"] = "vae" if isinstance(m["vae"], dict) else str(m["vae"])
+            record["vae_subfolder"] = m["vae_subfolder"]
+        if self.stage == "recon":
+            record["ldm_dir"] = str(Path(m["ldm_dir"]).resolve())
+            record["temporal_dir"] = str(Path(m["temporal_dir"]).resolve())
+        tmp = run_dir / f".{RECORD}.tmp"
+        tmp.write_text(json.dumps(record, indent=2, default=str))
+        os.replace(tmp, run_dir / RECORD)
+        return written + [str(run_dir / RECORD)]
+
+    def describe(self) -> dict:
+        mod = self._module
+        n = sum(p.numel() for p in mod.trainable().parameters()) if mod is not None else None
+        return {"stage": self.stage, "trainable_model": EXPORT_DIRS[self.stage], "trainable_parameters": n}
