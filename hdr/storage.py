@@ -23,6 +23,15 @@ from fsspec.implementations.local import LocalFileSystem
 TMP_DIR = ".tmp"  # scratch inside a local root (same device, so publishing is a rename); scanners skip dot-dirs
 
 
+def human_bytes(n: float) -> str:
+    """A byte count for people: "512 B", "1.5 MB", "4.5 TB" (SI units, 1000-based, as disks and clouds count)."""
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1000:
+            return f"{int(n)} B" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000.0
+    return f"{n:.1f} TB"
+
+
 class UnsafePathError(ValueError):
     """A relative path that would leave the store's root."""
 

@@ -6,16 +6,8 @@ import json
 import sys
 
 from hdr.io import HdrImageError
-from hdr.storage import Store, UnsafePathError
+from hdr.storage import Store, UnsafePathError, human_bytes
 from manifests.paths import ManifestError, list_versions
-
-
-def _fmt_bytes(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if n < 1000 or unit == "TB":
-            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
-        n /= 1000.0
-    return f"{n:.1f} TB"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -117,7 +109,7 @@ def _run(args, argv) -> int:
             rec = store.read_json(f"manifests/{v}.json")
             c, sp = rec["counts"], rec["split"]["clips"]
             print(f"{v}  {rec['created']}  {c['clips']:6d} clips (train {sp['train']}, val {sp['val']}, test "
-                  f"{sp['test']})  {_fmt_bytes(rec['bytes']['total']):>9}  root {rec['root_hash'][:12]}  "
+                  f"{sp['test']})  {human_bytes(rec['bytes']['total']):>9}  root {rec['root_hash'][:12]}  "
                   f"parent {rec['parent'] or '-'}")
         return 0
 
@@ -135,7 +127,7 @@ def _run(args, argv) -> int:
             print(f"  root hash {rec['root_hash']}")
             print(f"  {c['hdris']} HDRIs, {c['clips']} clips, {c['frames']} HDR frames, {c['augmentations']} "
                   f"augmentations ({c['ldr_frames']} LDR frames), {c['captions']} captions, {c['files']} files, "
-                  f"{_fmt_bytes(rec['bytes']['total'])}")
+                  f"{human_bytes(rec['bytes']['total'])}")
             sp = rec["split"]
             print(f"  split {sp['settings']}: clips {sp['clips']}, HDRIs {sp['hdris']}"
                   f"{', inherited from ' + sp['inherited_from'] if sp['inherited_from'] else ''}")

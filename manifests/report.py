@@ -24,19 +24,12 @@ from tqdm import tqdm
 
 from hdr.color import luminance, reinhard, srgb_oetf
 from hdr.io import read_image
+from hdr.storage import human_bytes
 from manifests.manifest import Manifest
 from manifests.records import ClipRecord
 
 HIST_RANGE = (-12.0, 18.0)  # log2 luminance (stops), one bin per stop
 KEY = 0.18
-
-
-def _fmt_bytes(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if n < 1000 or unit == "TB":
-            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
-        n /= 1000.0
-    return f"{n:.1f} TB"
 
 
 def tonemap(frames: np.ndarray) -> tuple[np.ndarray, float]:
@@ -188,7 +181,7 @@ def write_report(m: Manifest, out: str | None = None, thumb_width: int = 160, pr
         f"<td>{c['frames']}</td></tr>",
         f"<tr><td>augmentations</td><td>{c['augmentations']}</td><td>LDR frames</td><td>{c['ldr_frames']}</td>"
         f"<td>captions</td><td>{c['captions']}</td></tr>",
-        f"<tr><td>files</td><td>{c['files']}</td><td>bytes</td><td>{e(_fmt_bytes(rec['bytes']['total']))}</td>"
+        f"<tr><td>files</td><td>{c['files']}</td><td>bytes</td><td>{e(human_bytes(rec['bytes']['total']))}</td>"
         f"<td>dynamic range</td><td>{(min(dr) if dr else 0):.1f}&ndash;{(max(dr) if dr else 0):.1f} stops "
         f"(median {float(np.median(dr)) if dr else 0:.1f})</td></tr>",
         f"<tr><td>split</td><td colspan=5>train {sp['clips']['train']} clips / {sp['hdris']['train']} HDRIs, "
@@ -230,7 +223,7 @@ def write_report(m: Manifest, out: str | None = None, thumb_width: int = 160, pr
                 f'<div class="k">DR {dr_txt} stops (clip.json); {a["measured_dr"]:.1f} stops p0.1&ndash;p99.9 '
                 f"of these frames</div></div>"
                 f'<div class="meta"><b>{e(clip.clip_id)}</b> <span class="k">{e(clip.program)}, {clip.n_frames} '
-                f"frames, {clip.width}x{clip.height}, {e(_fmt_bytes(clip.bytes))}</span>{cap}"
+                f"frames, {clip.width}x{clip.height}, {e(human_bytes(clip.bytes))}</span>{cap}"
                 f'<div class="k">{augs}</div></div></div>')
         parts.append("</section>")
     parts.append(f"<p class='k'>Written {dt.datetime.now(dt.timezone.utc).isoformat(timespec='seconds')} by "

@@ -18,7 +18,7 @@ from tqdm import tqdm
 
 from hdr.cluster import RayOptions, run_tasks
 from hdr.io import read_header
-from hdr.storage import Store
+from hdr.storage import Store, human_bytes
 from render import hdri as hdri_mod
 from render import layout
 from render.engines import ENGINES
@@ -139,14 +139,6 @@ def _probe(settings: RenderSettings, hdris_url: str, entry, use_ray: bool, opts:
     }
 
 
-def _human_bytes(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if n < 1024 or unit == "TB":
-            return f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} TB"
-
-
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -220,8 +212,8 @@ def main(argv=None) -> int:
             frames = n_todo * args.frames
             cores = args.cpus_per_task
             print(f"probe ({entries[0].hdri_id}, 3 frames): {probe['seconds_per_frame']:.2f} s/frame on "
-                  f"{cores} cores, {_human_bytes(probe['bytes_per_frame'])}/frame")
-            print(f"estimate: {_human_bytes(probe['bytes_per_frame'] * frames)} of EXR, "
+                  f"{cores} cores, {human_bytes(probe['bytes_per_frame'])}/frame")
+            print(f"estimate: {human_bytes(probe['bytes_per_frame'] * frames)} of EXR, "
                   f"{probe['seconds_per_frame'] * frames * cores / 3600:.2f} core-hours "
                   f"({probe['seconds_per_frame'] * frames / 3600:.2f} h wall on one {cores}-core task slot)")
         return 0

@@ -71,3 +71,14 @@ def tiny_dataset(tiny_dataset_src, tmp_path) -> Path:
     dst = tmp_path / "data"
     shutil.copytree(tiny_dataset_src, dst, ignore=shutil.ignore_patterns(".tmp"))
     return dst
+
+
+@pytest.fixture
+def one_torch_thread():
+    """torch on one thread for the test (restored afterwards)."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

@@ -3,7 +3,6 @@ the user's path (``--model <folder>``), on real tonemapped frames of the tiny da
 scripted backend."""
 from __future__ import annotations
 
-import json
 
 import numpy as np
 import pytest
@@ -11,13 +10,14 @@ import pytest
 import caption.clip as caption_clip
 from caption import stats
 from caption.backends import Backend, BackendSpec, Request, get_backend
-from caption.clip import CAPTION_JSON, CaptionSettings, caption_dataset, check_record
+from caption.clip import CAPTION_JSON, CaptionSettings, caption_dataset
 from caption.frames import load_clip_frames, vlm_images
 from caption.parse import parse_reply
 from caption.prompt import RETRY
 from caption.run import main as caption_main
 from caption.tiny import build_tiny_qwen3vl
 from hdr.storage import Store
+from tests.test_caption_stats import _captions
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -31,15 +31,6 @@ def offline():
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory):
     return build_tiny_qwen3vl(tmp_path_factory.mktemp("qwen") / "tiny-qwen3vl")
-
-
-def _captions(root):
-    out = {}
-    for p in sorted(root.glob(f"*/*/{CAPTION_JSON}")):
-        rec = json.loads(p.read_text())
-        check_record(rec)
-        out[f"{rec['hdri_id']}/{rec['clip_id']}"] = rec
-    return out
 
 
 def test_tiny_qwen3vl_through_the_cli_always_lands_a_valid_caption(tiny_dataset, tiny_model, monkeypatch):

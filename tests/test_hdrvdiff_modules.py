@@ -7,6 +7,7 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing is downloaded
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -32,15 +33,12 @@ from train.hdrvdiff.temporal_decoder import RestormerBlock, TemporalDecoder
 from train.hdrvdiff.unet import HDRLDMUNet
 from train.hdrvdiff.zica import ZiCA
 
-TINY = yaml.safe_load(open("train/configs/hdrvdiff_tiny.yaml"))
+TINY = yaml.safe_load((Path(__file__).resolve().parents[1] / "train/configs/hdrvdiff_tiny.yaml").read_text())
 
 
 @pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+def _one_thread(one_torch_thread):
+    """Tiny models: one torch thread is faster than two on this shared 2-core machine."""
 
 
 def tiny_unet(**kw):
