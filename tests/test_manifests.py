@@ -453,7 +453,7 @@ def test_diffhdr_csv_export_matches_the_public_loader_layout(built):
     assert r.returncode == 2 and "--overwrite" in r.stderr
 
 
-def test_hf_and_webdataset_exports(built):
+def test_hf_and_webdataset_exports(built, monkeypatch):
     import webdataset as wds
 
     m = open_manifest(built, "v1")
@@ -467,6 +467,17 @@ def test_hf_and_webdataset_exports(built):
     assert t["key"].to_pylist() == [c.key for c in m.clips("test")]
     a = pq.read_table(hf / "data/augmentations/train.parquet")
     assert a.num_rows == 8 and set(a["kind"].to_pylist()) == {"single", "alt3"}
+    # the card's configs and splits are what Hugging Face `datasets` reads (offline, from the folder)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    import datasets
+
+    cache = str(hf.parent / "hf-cache")
+    clips = datasets.load_dataset(str(hf), "clips", cache_dir=cache)
+    assert set(clips) == {s for s in ("train", "val", "test") if m.clips(s)}
+    assert clips["test"]["key"] == [c.key for c in m.clips("test")]
+    augs = datasets.load_dataset(str(hf), "augmentations", split="train", cache_dir=cache)
+    assert augs.num_rows == 8 and json.loads(augs[0]["params"])["seed"]
 
     out = Path(export(m, "webdataset", shard_size="150KB", progress=False))
     shards = sorted(out.glob("train-*.tar"))
