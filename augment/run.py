@@ -3,7 +3,10 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import datetime as dt
+import os
 import sys
+import time
 
 import yaml
 from tqdm import tqdm
@@ -34,7 +37,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="redo augmentations that exist with other settings")
     p.add_argument("--no-ray", action="store_true", help="run in this process, one clip after another")
     p.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else local)")
-    p.add_argument("--retries", type=int, default=2)
+    p.add_argument("--retries", type=int, default=2, help="Ray retries of a task whose worker or node died")
+    p.add_argument("--max-in-flight", type=int, default=0, help="tasks submitted at once (0: 2x cluster CPUs)")
+    p.add_argument("--ray-resource", action="append", default=[], metavar="NAME",
+                   help="only schedule on nodes that advertise this custom resource; repeatable")
     return p
 
 
@@ -83,9 +89,23 @@ def main(argv=None) -> int:
         bar.update(1)
 
     opts = RayOptions(address=args.address, num_cpus=1, max_retries=args.retries,
-                      retry_exceptions=[OSError, MemoryError])
-    run_tasks(augment_clip, tasks, use_ray=not args.no_ray, opts=opts, on_result=on_result, on_error=on_error)
+                      retry_exceptions=[OSError, MemoryError], max_in_flight=args.max_in_flight,
+                      resources={r: 0.01 for r in args.ray_resource})
+    started = time.time()
+    try:
+        run_tasks(augment_clip, tasks, use_ray=not args.no_ray, opts=opts, on_result=on_result, on_error=on_error)
+    except KeyboardInterrupt:
+        bar.close()
+        print("interrupted: finished augmentations are kept; rerun the same command to resume", file=sys.stderr)
+        return 130
     bar.close()
+    stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    store.write_json(f"{layout.RUNS_DIR}/augment-{stamp}-{os.getpid()}.json", {
+        "command": sys.argv if argv is None else ["python", "-m", "augment.run", *argv],
+        "preset": args.preset, "overrides": dict(overrides), "per_clip": args.per_clip,
+        "alternating": args.alternating, "seed": args.seed,
+        "started": dt.datetime.fromtimestamp(started, dt.timezone.utc).isoformat(timespec="seconds"),
+        "seconds": time.time() - started, "counts": counts, "failures": failures})
     summary = f"wrote {counts['written']} augmentations, {counts['skipped']} already done, {counts['failed']} failed"
     print(summary, file=sys.stderr)
     return 1 if failures else 0

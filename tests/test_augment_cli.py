@@ -54,6 +54,9 @@ def test_augment_writes_ldr_masks_and_reproducible_params(dataset):
     assert other["seed"] != meta["seed"]
     r = run("--dataset", dataset, "--per-clip", "2", "--no-ray", "--preset", "paper")
     assert r.returncode == 0 and "wrote 0 augmentations, 8 already done" in r.stderr
+    records = sorted((dataset / "_runs").glob("augment-*.json"))
+    assert len(records) == 2 and json.loads(records[-1].read_text())["counts"] == {"written": 0, "skipped": 8,
+                                                                                    "failed": 0}
 
 
 def test_alternating_exposures_through_ray(dataset):
