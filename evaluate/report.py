@@ -52,6 +52,8 @@ def markdown(result: dict) -> str:
                                          for k, v in s["vdp"].items()) + f", {s['fps']:g} fps.")
     for name, why in result.get("unavailable", {}).items():
         lines.append(f"\n*{why}*")
+    for note in result.get("notes", []):
+        lines.append(f"\nNote: {note}")
     if result.get("missing"):
         lines.append(f"\nMissing predictions ({len(result['missing'])}): " + ", ".join(result["missing"]))
     if result.get("failures"):

@@ -175,6 +175,22 @@ def _score_pair(pair: ClipPair, ev: Evaluator, gt: Store, pred: Store, out: Stor
     return rec
 
 
+def _notes(clips: list[dict], settings: EvalSettings) -> list[str]:
+    """Caveats a reader of the numbers must know (see README "How to read the VDP JODs")."""
+    notes = []
+    if not any(k in settings.metrics for k in VDP_KINDS):
+        return notes
+    one = [c["key"] for c in clips if c["n_frames"] == 1]
+    short = [c["key"] for c in clips if 1 < c["n_frames"] < settings.fps]
+    if one:
+        notes.append(f"{len(one)} clip(s) have one frame: ColorVideoVDP scores them with its milder image model; do "
+                     "not compare or average them with multi-frame scores: " + ", ".join(one[:10]))
+    if short:
+        notes.append(f"{len(short)} clip(s) are shorter than 1 s at {settings.fps:g} fps: the VDPs weight their "
+                     "first frames more (temporal filter padding): " + ", ".join(short[:10]))
+    return notes
+
+
 def evaluate(pairs: list[ClipPair], gt: Store, pred: Store, out: Store, settings: EvalSettings, source: dict, *,
              missing: list[str] = (), overwrite: bool = False, plots: bool = True, progress: bool = True) -> dict:
     """Score every pair, write the per-clip records, metrics.json, metrics.md and the plots into ``out``; returns
@@ -211,6 +227,7 @@ def evaluate(pairs: list[ClipPair], gt: Store, pred: Store, out: Store, settings
         "clips": clips,
         "missing": list(missing),
         "failures": failures,
+        "notes": _notes(clips, settings),
     }
     from evaluate import report
 

@@ -210,6 +210,7 @@ def test_run_reference_tree(tiny_dataset_src, tmp_path, no_network, capsys):
         assert 10 < c["metrics"]["psnr_t"] < 60 and 0 < c["metrics"]["fvvdp"] < 10
         assert c["dynamic_range_stops"] > 1
     assert res["settings"]["vdp"]["cvvdp"]["display"] == "standard_hdr_linear"
+    assert len(res["notes"]) == 1 and "3 clip(s) are shorter than 1 s at 24 fps" in res["notes"][0]  # 9 frames
     md = (out / "metrics.md").read_text()
     assert "| **mean** |" in md and keys[0] in md and "standard_hdr_linear" in md
     for png in ("per_clip.png", "vs_dynamic_range.png"):
