@@ -1,17 +1,25 @@
-"""DiffHDR inference: LDR video (MP4 or a folder of PNG/JPEG frames) -> HDR EXR frames.
+"""DiffHDR inference: LDR video (MP4 or a folder of PNG/JPEG frames) of any length -> HDR EXR frames.
 
     python -m train.infer --lora RUN/lora.safetensors --video in.mp4 --out pred/ [--alpha-over 1 --alpha-under 1]
 
 The backbone is rebuilt from the run's ``config.yaml`` (beside the LoRA file, or ``--config``), wrapped in diffusers'
 ``WanVACEPipeline``, and the LoRA is loaded with ``load_lora_weights``. The LDR frames get the same treatment as in
-training (exposure masks of the recipe's preset, gray painting of the recipe, linearise, Log-Gamma) and go in as the
-VACE context and mask; the pipeline denoises (flow matching, Euler), the fp32 VAE decodes, Log-Gamma is inverted
-(``hdr.color.log_gamma_inverse``) and every frame is written as float32 EXR (``hdr.io.write_exr``).
+training (exposure masks of the recipe's preset over the whole converted range, gray painting of the recipe,
+linearise, Log-Gamma) and go in as the VACE context and mask. The video is converted in windows of the model's frame
+count (``--window``, 4k+1, default the run's ``data.window``) that overlap by ``--overlap`` frames, the last window
+aligned to the last frame (``train.windows``); a video shorter than a window is padded with its last frame and the
+padding dropped. Per window the pipeline denoises (flow matching, Euler) and the fp32 VAE decodes; overlapping
+frames are cross-faded linearly in the model's Log-Gamma output space (``--blend-space``), Log-Gamma is inverted
+(``hdr.color.log_gamma_inverse``) and every frame is written once as float32 EXR (``hdr.io.write_exr``, atomically)
+as soon as no later window touches it. ``infer.json`` records the settings and the window plan; rerunning the same
+command after an interruption resumes at the first missing frame (bit-identical to an uninterrupted run: window seeds
+depend only on the window's first input frame).
 Context-focused cross-attention (DiffHDR eq. 7-8) is on when ``--alpha-over``/``--alpha-under`` are not 0.
 """
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import time
@@ -22,12 +30,20 @@ import torch
 import yaml
 
 from hdr.color import log_gamma_inverse
+from hdr.seeding import derive_seed
 from train.diffhdr import conditioning as C
 from train.diffhdr.cfa import OVER_PROMPT, UNDER_PROMPT, CFAState, install_cfa, token_mask
 from train.diffhdr.model import ModelError, load_backbone
 from train.diffhdr.task import RECIPES, control_video, resolve_data_config
+from train.windows import WindowBlender, WindowPlanError, pad_frames, plan_windows, resume_window
 
 IMAGE_EXT = (".png", ".jpg", ".jpeg")
+PATH_KEYS = ("lora", "config", "video", "reference")   # recorded, but files are compared by their hashes
+DEFAULT_OVERLAP = 8
+# Default: cross-fade in Log-Gamma, the space the model predicts in and its errors are roughly uniform in, so where two
+# windows disagree on a highlight the fade moves in roughly even steps of stops instead of the brighter window dominating
+# from the first frame of the overlap (a linear-radiance fade of 1 vs 1000 is already at 112 after 1/9 of it).
+BLEND_SPACES = ("log-gamma", "linear")
 
 
 class InferError(RuntimeError):
@@ -39,9 +55,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--video", required=True, help="input LDR video: an .mp4 file or a folder of PNG/JPEG frames")
     p.add_argument("--out", required=True, help="output folder for frame_0000.exr ...")
     p.add_argument("--config", default=None, help="run config (default: config.yaml beside the LoRA)")
+    p.add_argument("--start", type=int, default=0, help="first input frame to convert (output frame_0000)")
     p.add_argument("--frames", type=int, default=None,
-                   help="frames to convert, 4k+1 (default: the training window, at most the input length)")
-    p.add_argument("--start", type=int, default=0, help="first input frame")
+                   help="convert only this many frames from --start (any number; default: to the end)")
+    p.add_argument("--window", type=int, default=None,
+                   help="frames per model call, 4k+1 (default: the run's data.window, 33 in the paper)")
+    p.add_argument("--overlap", type=int, default=None,
+                   help=f"frames shared by consecutive windows, cross-faded (default: {DEFAULT_OVERLAP}, at most "
+                        "half the window)")
+    p.add_argument("--blend-space", default="log-gamma", choices=BLEND_SPACES,
+                   help="where overlapping windows are cross-faded: the model's Log-Gamma output (default) or linear "
+                        "radiance")
     p.add_argument("--steps", type=int, default=50, help="denoising steps (public code: 50)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--guidance", type=float, default=1.0, help="classifier-free guidance scale (public code: 1.0)")
@@ -61,7 +85,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="mask/gray treatment of the LDR (default: the run's data.recipe)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--half", action="store_true", help="write half-float EXR (clamped at 65504, recorded)")
-    p.add_argument("--overwrite", action="store_true", help="replace existing frames in --out")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace existing frames in --out (frames of an earlier, longer conversion are removed)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
 def read_video(path: str | os.PathLike) -> np.ndarray:
@@ -106,9 +132,108 @@ def _resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+
+def select_range(n_video: int, start: int, frames: int | None, video: str) -> tuple[int, int]:
+    """(start, count) of the input frames to convert: ``--start``/``--frames``, default to the end of the video."""
+    if start < 0 or start >= n_video:
+        raise InferError(f"{video}: --start {start} is outside the video's {n_video} frames")
+    if frames is None:
+        return start, n_video - start
+    if frames < 1 or start + frames > n_video:
+        raise InferError(f"{video}: --start {start} --frames {frames} asks for frames past the end of its "
+                         f"{n_video} frames")
+    return start, frames
+
+
+def window_settings(window: int | None, overlap: int | None, run_window: int) -> tuple[int, int]:
+    """(window, overlap): the window is 4k+1 frames (the Wan VAE's temporal stride 4), the overlap defaults to
+    DEFAULT_OVERLAP frames, at most half the window, and must leave a stride of at least one frame."""
+    w = int(run_window if window is None else window)
+    if w < 1 or w % 4 != 1:
+        raise InferError(f"--window {w}: the window must be 4k+1 frames (5, 9, ..., 33, ...)")
+    o = min(DEFAULT_OVERLAP, (w - 1) // 2) if overlap is None else int(overlap)
+    if not 0 <= o < w:
+        raise InferError(f"--overlap {o}: must be between 0 and the window minus one ({w - 1})")
+    return w, o
+
+
+def window_seed(seed: int, start: int) -> int:
+    """Seed of the starting noise of the window that begins at input frame ``start`` (counted in the input video,
+    not in the converted range): a window's output depends neither on the other windows nor on --start, so
+    ``--start s --frames W`` reproduces that window of a whole-video conversion."""
+    return derive_seed(seed, "diffhdr-infer", "window", start)
+
+
+def convert_windows(pipe, frames8: np.ndarray, over: np.ndarray, under: np.ndarray, dcfg: dict, *, window: int,
+                    starts: list[int], seed: int, call: dict, emit, blend_space: str = "log-gamma",
+                    cfa: tuple | None = None, device="cpu", progress: bool = True, offset: int = 0,
+                    done: int = 0) -> list[dict]:
+    """Run ``pipe`` (a WanVACEPipeline, or anything called like one) on each window of ``frames8`` (N, H, W, 3)
+    uint8 with its exposure masks ``over``/``under`` (N, H, W), blend the overlaps and hand every frame to
+    ``emit(index, radiance (H, W, 3) float32)`` exactly once, in order. ``call`` holds the pipeline arguments that
+    are the same for every window (prompt embeddings, size, steps, guidance, reference). ``cfa`` = (CFAState, patch
+    size, reference frames) updates the CFA token masks per window. ``offset`` is the input-video index of
+    ``frames8[0]`` (for the window seeds). ``done`` > 0 resumes: frames [0, done) are finished and not emitted,
+    and only the windows that touch a later frame run. Returns one record per window run."""
+    from tqdm.auto import tqdm
+
+    n = len(frames8)
+    if blend_space not in BLEND_SPACES:
+        raise InferError(f"blend space {blend_space!r}: one of {', '.join(BLEND_SPACES)}")
+    g_, m_ = float(dcfg["log_gamma_g"]), float(dcfg["log_gamma_m"])
+    first = resume_window(starts, window, done)
+    if first == len(starts):
+        return []
+    blender = WindowBlender(starts, window, n, first=first)
+    padded = max(n, window)
+    frames8, over, under = (pad_frames(a, padded) for a in (frames8, over, under))
+    records = []
+    bar = tqdm(range(first, len(starts)), desc="windows", unit="window", initial=first, total=len(starts),
+               disable=not progress or len(starts) < 2)
+    for i in bar:
+        s = starts[i]
+        f8, ov, un = frames8[s:s + window], over[s:s + window], under[s:s + window]
+        item = {"ldr": torch.from_numpy(np.ascontiguousarray(f8)).permute(0, 3, 1, 2).float() / 255.0,
+                "over": torch.as_tensor(np.asarray(ov, np.float32))[:, None],
+                "under": torch.as_tensor(np.asarray(un, np.float32))[:, None]}
+        control, mask = control_video(item, dcfg, gray_over=False, text_to_hdr=False)
+        if cfa is not None:
+            state, patch, nref = cfa
+            state.over_mask = token_mask(torch.as_tensor(np.asarray(ov, np.float32)), patch, nref).to(device)
+            state.under_mask = token_mask(torch.as_tensor(np.asarray(un, np.float32)), patch, nref).to(device)
+        wseed = window_seed(seed, offset + s)
+        g = torch.Generator(device="cpu").manual_seed(wseed)
+        result = pipe(video=control[None], mask=mask[None, :, None].expand(-1, -1, 3, -1, -1), num_frames=window,
+                      generator=g, output_type="pt", **call)
+        video = result.frames[0].float().clamp(0, 1)                    # (T, 3, H, W) Log-Gamma in [0, 1]
+        if video.shape[0] != window:
+            raise InferError(f"the pipeline returned {video.shape[0]} frames for a window of {window}")
+        y = video.permute(0, 2, 3, 1).cpu().numpy().astype(np.float32)
+        if blend_space == "linear":
+            y = log_gamma_inverse(y, g=g_, m=m_)
+        for t, frame in blender.add(i, y):
+            if t < done:
+                continue
+            hdr = frame if blend_space == "linear" else log_gamma_inverse(frame, g=g_, m=m_)
+            emit(t, np.ascontiguousarray(hdr, np.float32))
+        records.append({"start": s, "seed": wseed})
+    if not blender.finished:
+        raise InferError("internal: the window plan left frames unwritten")
+    return records
+
+
+def window_plan(n: int, window: int, overlap: int, blend_space: str, starts: list[int] | None = None) -> dict:
+    """What infer.json records about the windows."""
+    starts = plan_windows(n, window, overlap) if starts is None else starts
+    return {"window": window, "overlap": overlap, "starts": starts,
+            "overlaps": [a + window - b for a, b in zip(starts, starts[1:])],
+            "padded": max(0, window - n), "blend": f"linear cross-fade in {blend_space} space (train.windows)"}
+
+
 def main(args) -> int:
     from diffusers import FlowMatchEulerDiscreteScheduler, WanVACEPipeline
 
+    from augment.degrade import PRESETS
     from augment.masks import exposure_masks
     from hdr.io import write_exr
 
@@ -123,46 +248,71 @@ def main(args) -> int:
     if args.recipe:
         dcfg.update({k: v for k, v in RECIPES[args.recipe].items()})
     out = Path(args.out)
-    if out.exists() and any(out.glob("frame_*.exr")) and not args.overwrite:
-        raise InferError(f"{out}: already holds EXR frames; use --overwrite or another --out")
+    window, overlap = window_settings(args.window, args.overlap, int(dcfg["window"]))
 
-    frames8 = read_video(args.video)[args.start:]
-    n = args.frames or min(int(dcfg["window"]), len(frames8))
-    n = min(n, len(frames8))
-    n = (n - 1) // 4 * 4 + 1
-    if n < 1 or (args.frames and args.frames % 4 != 1):
-        raise InferError(f"--frames must be 4k+1 and at most the {len(frames8)} input frames")
-    frames8 = frames8[:n]
+    frames8 = read_video(args.video)
+    start, n = select_range(len(frames8), args.start, args.frames, args.video)
+    frames8 = frames8[start:start + n]
     h, w = frames8.shape[1] // 16 * 16, frames8.shape[2] // 16 * 16
     if h == 0 or w == 0:
         raise InferError(f"{args.video}: frames of {frames8.shape[2]}x{frames8.shape[1]} are smaller than 16x16")
     top, left = (frames8.shape[1] - h) // 2, (frames8.shape[2] - w) // 2
     frames8 = np.ascontiguousarray(frames8[:, top:top + h, left:left + w])
-
+    try:
+        starts = plan_windows(n, window, overlap)
+    except WindowPlanError as e:
+        raise InferError(str(e)) from None
     device = _resolve_device(args.device)
+    shift = args.shift if args.shift is not None else float((cfg.get("flow") or {}).get("shift", 5.0))
+    mode = dcfg["mask_mode"] if dcfg["mask_mode"] != "dataset" else PRESETS[dcfg["preset"]].mask_mode
+    if args.reference and not Path(args.reference).is_file():
+        raise InferError(f"{args.reference}: reference image not found")
+    cfa_on = bool(args.alpha_over or args.alpha_under)
+    # everything the frames depend on: a rerun with the same settings resumes or finds the work done
+    settings = json.loads(json.dumps({
+        "lora": str(lora), "lora_sha256": _sha256_file(lora), "config": str(cfg_path),
+        "config_sha256": _sha256_file(cfg_path), "video": str(args.video),
+        "input_sha256": hashlib.sha256(memoryview(frames8).cast("B")).hexdigest(), "start": start, "frames": n,
+        "size": [w, h], "crop": [left, top], "window": window, "overlap": overlap, "blend_space": args.blend_space,
+        "steps": args.steps, "seed": args.seed, "guidance": args.guidance, "shift": shift, "prompt": args.prompt,
+        "negative_prompt": args.negative_prompt, "recipe": dcfg["recipe"], "mask_mode": mode,
+        "cfa": {"alpha_over": args.alpha_over, "alpha_under": args.alpha_under, "branches": args.cfa_branches,
+                "over_prompt": args.over_prompt, "under_prompt": args.under_prompt} if cfa_on else None,
+        "reference": args.reference, "reference_sha256": _sha256_file(args.reference) if args.reference else None,
+        "reference_ev": args.reference_ev if args.reference else None, "device": str(device), "half": args.half}))
+    names = [f"frame_{t:04d}.exr" for t in range(n)]
+    existing = sorted(p.name for p in out.glob("frame_*.exr")) if out.is_dir() else []
+    done = 0
+    if existing and not args.overwrite:
+        try:
+            old = json.loads((out / "infer.json").read_text())
+        except (OSError, ValueError):
+            old = {}
+        if not isinstance(old, dict) or any(old.get(k) != v for k, v in settings.items() if k not in PATH_KEYS):
+            raise InferError(f"{out}: already holds EXR frames; use --overwrite or another --out (rerunning the "
+                             "same command resumes an unfinished conversion)")
+        if old.get("status") == "complete" and set(names) <= set(existing):
+            print(f"{out}: already complete ({n} EXR frames); nothing to do")
+            return 0
+        while done < n and (out / names[done]).is_file():
+            done += 1
+    stale = [name for name in existing if name not in set(names)] if args.overwrite else []
+
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     try:
         transformer, vae, text_encoder, tokenizer = load_backbone(cfg.get("model") or {}, device, dtype)
     except ModelError as e:
         raise InferError(str(e)) from None
-    shift = args.shift if args.shift is not None else float((cfg.get("flow") or {}).get("shift", 5.0))
     pipe = WanVACEPipeline(tokenizer=tokenizer, text_encoder=text_encoder, transformer=transformer, vae=vae,
                            scheduler=FlowMatchEulerDiscreteScheduler(shift=shift))
-    pipe.set_progress_bar_config(desc="denoise")
+    pipe.set_progress_bar_config(desc="denoise", leave=False, disable=args.no_progress)
     try:
         pipe.load_lora_weights(str(lora.parent), weight_name=lora.name)
     except Exception as e:  # noqa: BLE001 -- name the file
         raise InferError(f"{lora}: cannot load as a WanVACE LoRA ({type(e).__name__}: {e})") from None
 
-    # the LDR as in training: masks of the recipe's preset, gray painting, linearise, Log-Gamma
-    from augment.degrade import PRESETS
-
-    mode = dcfg["mask_mode"] if dcfg["mask_mode"] != "dataset" else PRESETS[dcfg["preset"]].mask_mode
-    over, under = exposure_masks(frames8, mode=mode)
-    item = {"ldr": torch.from_numpy(frames8).permute(0, 3, 1, 2).float() / 255.0,
-            "over": torch.as_tensor(np.asarray(over, np.float32))[:, None],
-            "under": torch.as_tensor(np.asarray(under, np.float32))[:, None]}
-    control, mask = control_video(item, dcfg, gray_over=False, text_to_hdr=False)
+    # masks of the recipe's preset over the whole range at once (their temporal smoothing runs across windows)
+    over, under = (np.asarray(m, np.float32) for m in exposure_masks(frames8, mode=mode))
 
     reference = None
     if args.reference:
@@ -179,41 +329,65 @@ def main(args) -> int:
         unit = C.hdr_to_unit(torch.from_numpy(srgb_eotf(ref) * 2.0 ** args.reference_ev)).numpy()
         reference = Image.fromarray(np.round(unit * 255.0).astype(np.uint8))
 
-    state = None
-    if args.alpha_over or args.alpha_under:
+    cfa = None
+    if cfa_on:
         emb_over, _ = pipe.encode_prompt(args.over_prompt, do_classifier_free_guidance=False, device=device)
         emb_under, _ = pipe.encode_prompt(args.under_prompt, do_classifier_free_guidance=False, device=device)
-        nref = 1 if reference is not None else 0
-        patch = transformer.config.patch_size
         state = CFAState(alpha_over=args.alpha_over, alpha_under=args.alpha_under, over_embeds=emb_over,
-                         under_embeds=emb_under,
-                         over_mask=token_mask(torch.as_tensor(np.asarray(over, np.float32)), patch, nref).to(device),
-                         under_mask=token_mask(torch.as_tensor(np.asarray(under, np.float32)), patch, nref).to(device))
+                         under_embeds=emb_under)
         install_cfa(transformer, state, args.cfa_branches)
+        cfa = (state, transformer.config.patch_size, 1 if reference is not None else 0)
 
-    t0 = time.time()
-    g = torch.Generator(device="cpu").manual_seed(args.seed)
-    result = pipe(video=control[None], mask=mask[None, :, None].expand(-1, -1, 3, -1, -1), reference_images=reference,
-                  prompt=args.prompt, negative_prompt=args.negative_prompt, height=h, width=w, num_frames=n,
-                  num_inference_steps=args.steps, guidance_scale=args.guidance, generator=g, output_type="pt",
-                  max_sequence_length=int(dcfg["max_sequence_length"]))
-    video = result.frames[0].float()                                   # (T, 3, H, W) Log-Gamma in [0, 1]
-    hdr = log_gamma_inverse(video.clamp(0, 1), g=float(dcfg["log_gamma_g"]), m=float(dcfg["log_gamma_m"]))
+    # the prompts are the same for every window: encode them once
+    max_len = int(dcfg["max_sequence_length"])
+    prompt_embeds, negative_embeds = pipe.encode_prompt(
+        args.prompt, negative_prompt=args.negative_prompt, do_classifier_free_guidance=args.guidance > 1.0,
+        max_sequence_length=max_len, device=device)
+    call = dict(reference_images=reference, prompt_embeds=prompt_embeds, negative_prompt_embeds=negative_embeds,
+                height=h, width=w, num_inference_steps=args.steps, guidance_scale=args.guidance,
+                max_sequence_length=max_len)
+
+    plan = window_plan(n, window, overlap, args.blend_space, starts)
+    plan["seeds"] = [window_seed(args.seed, start + st) for st in starts]
+    meta = {**settings, "status": "running", "windows": plan,
+            "seed_derivation": "derive_seed(seed, 'diffhdr-infer', 'window', input frame of the window start)"}
     out.mkdir(parents=True, exist_ok=True)
+    if args.overwrite:                     # the folder holds only this conversion's frames from here on
+        for name in existing:
+            (out / name).unlink(missing_ok=True)
+    _write_json(out / "infer.json", meta)
     written = []
-    for i, frame in enumerate(hdr.permute(0, 2, 3, 1).cpu().numpy()):
-        path = out / f"frame_{i:04d}.exr"
-        tmp = out / f".frame_{i:04d}.tmp.exr"
-        write_exr(tmp, np.ascontiguousarray(frame, np.float32), half=args.half)
+
+    def emit(t: int, frame: np.ndarray) -> None:
+        path, tmp = out / names[t], out / f".{names[t]}.tmp.exr"
+        write_exr(tmp, frame, half=args.half)
         os.replace(tmp, path)
         written.append(path.name)
-    meta = {"lora": str(lora), "config": str(cfg_path), "video": str(args.video), "start": args.start, "frames": n,
-            "size": [w, h], "crop": [left, top], "steps": args.steps, "seed": args.seed, "guidance": args.guidance,
-            "shift": shift, "prompt": args.prompt, "recipe": dcfg["recipe"],
-            "cfa": {"alpha_over": args.alpha_over, "alpha_under": args.alpha_under, "branches": args.cfa_branches,
-                    "over_prompt": args.over_prompt, "under_prompt": args.under_prompt} if state else None,
-            "reference": args.reference, "reference_ev": args.reference_ev if args.reference else None,
-            "seconds": round(time.time() - t0, 2), "device": str(device), "half": args.half, "frames_written": written}
-    (out / "infer.json").write_text(json.dumps(meta, indent=2))
-    print(f"wrote {n} EXR frames ({w}x{h}) to {out} in {meta['seconds']} s")
+
+    t0 = time.time()
+    records = convert_windows(pipe, frames8, over, under, dcfg, window=window, starts=starts, seed=args.seed,
+                              call=call, emit=emit, blend_space=args.blend_space, cfa=cfa, device=device,
+                              progress=not args.no_progress, offset=start, done=done)
+    if done + len(written) != n:
+        raise InferError(f"internal: {done} + {len(written)} frames written, expected {n}")
+    meta.update(status="complete", seconds=round(time.time() - t0, 2), resumed_from=done or None,
+                windows_run=[r["start"] for r in records], frames_written=names, stale_removed=stale)
+    _write_json(out / "infer.json", meta)
+    resumed = f", resumed at frame {done}" if done else ""
+    print(f"wrote {len(written)} EXR frames ({w}x{h}) to {out} in {meta['seconds']} s "
+          f"({len(records)} of {len(starts)} window(s) of {window}, overlap {overlap}{resumed})")
     return 0
+
+
+def _sha256_file(path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 22), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _write_json(path: Path, obj: dict) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(obj, indent=2))
+    os.replace(tmp, path)
