@@ -3,8 +3,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import datetime as dt
-import os
 import sys
 import time
 
@@ -99,13 +97,9 @@ def main(argv=None) -> int:
         print("interrupted: finished augmentations are kept; rerun the same command to resume", file=sys.stderr)
         return 130
     bar.close()
-    stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-    store.write_json(f"{layout.RUNS_DIR}/augment-{stamp}-{os.getpid()}.json", {
-        "command": sys.argv if argv is None else ["python", "-m", "augment.run", *argv],
-        "preset": args.preset, "overrides": dict(overrides), "per_clip": args.per_clip,
-        "alternating": args.alternating, "seed": args.seed,
-        "started": dt.datetime.fromtimestamp(started, dt.timezone.utc).isoformat(timespec="seconds"),
-        "seconds": time.time() - started, "counts": counts, "failures": failures})
+    layout.write_run_record(store, "augment", started, argv, preset=args.preset, overrides=dict(overrides),
+                            per_clip=args.per_clip, alternating=args.alternating, seed=args.seed, counts=counts,
+                            failures=failures)
     summary = f"wrote {counts['written']} augmentations, {counts['skipped']} already done, {counts['failed']} failed"
     print(summary, file=sys.stderr)
     return 1 if failures else 0

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import datetime as dt
 import os
 import sys
 import time
@@ -136,13 +135,9 @@ def main(argv=None) -> int:
         return 130
     bar.close()
 
-    stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-    record = {"command": sys.argv if argv is None else ["python", "-m", "caption.run", *argv],
-              "backend": dataclasses.asdict(spec), "settings": dataclasses.asdict(settings),
-              "prompt_hash": settings_hash(args.backend, settings), "use_ray": use_ray,
-              "started": dt.datetime.fromtimestamp(started, dt.timezone.utc).isoformat(timespec="seconds"),
-              "seconds": time.time() - started, "counts": counts, "problems": problems}
-    store.write_json(f"{layout.RUNS_DIR}/caption-{stamp}-{os.getpid()}.json", record)
+    layout.write_run_record(store, "caption", started, argv, backend=dataclasses.asdict(spec),
+                            settings=dataclasses.asdict(settings), prompt_hash=settings_hash(args.backend, settings),
+                            use_ray=use_ray, counts=counts, problems=problems)
     print(f"captioned {counts['written']} clips, {counts['skipped']} already done, {counts['failed']} failed, "
           f"{counts['conflict']} conflicting", file=sys.stderr)
     return 1 if problems else 0

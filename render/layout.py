@@ -7,8 +7,12 @@ the recorded size. Names starting with "." or "_" at the top level are not HDRIs
 """
 from __future__ import annotations
 
+import datetime as dt
 import json
+import os
 import posixpath
+import sys
+import time
 
 from hdr.storage import Store
 
@@ -76,3 +80,14 @@ def finished_clips(store: Store) -> set[tuple[str, str]]:
         if not hdri_id.startswith((".", "_")):
             out.add((hdri_id, clip_id))
     return out
+
+
+def write_run_record(store: Store, stage: str, started: float, argv: list | None, **fields) -> dict:
+    """Write ``<root>/_runs/<stage>-<UTC time>-<pid>.json``: the command line, when it started, how long it took, and
+    the stage's ``fields`` (settings, counts, failures). Returns the record."""
+    record = {"command": sys.argv if argv is None else ["python", "-m", f"{stage}.run", *map(str, argv)],
+              "started": dt.datetime.fromtimestamp(started, dt.timezone.utc).isoformat(timespec="seconds"),
+              "seconds": time.time() - started, **fields}
+    stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    store.write_json(f"{RUNS_DIR}/{stage}-{stamp}-{os.getpid()}.json", record)
+    return record

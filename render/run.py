@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import datetime as dt
 import os
 import sys
 import tempfile
@@ -259,11 +258,8 @@ def main(argv=None) -> int:
         return 130
     bar.close()
 
-    stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-    record = {"command": sys.argv, "settings": dataclasses.asdict(settings), "hdris": hdris_url,
-              "started": dt.datetime.fromtimestamp(started, dt.timezone.utc).isoformat(timespec="seconds"),
-              "seconds": time.time() - started, "counts": counts, "failures": failures}
-    out.write_json(f"{layout.RUNS_DIR}/render-{stamp}-{os.getpid()}.json", record)
+    record = layout.write_run_record(out, "render", started, argv, settings=dataclasses.asdict(settings),
+                                     hdris=hdris_url, counts=counts, failures=failures)
     if failures:
         out.write_json(FAILURES_FILE, {"run": record["started"], "failures": failures})
     elif out.exists(FAILURES_FILE):
