@@ -213,3 +213,30 @@ def test_load_config_overrides(tmp_path):
     (tmp_path / "bad.yaml").write_text("- 1\n- 2\n")
     with pytest.raises(TrainError, match="mapping"):
         load_config(tmp_path / "bad.yaml")
+
+
+def test_offloaded_activations_give_the_same_training(tmp_path, monkeypatch):
+    """train.offload_activations keeps autograd's saved tensors in CPU memory: the same weights, and the tensors
+    really go through the offload hooks."""
+    packed = []
+    real = torch.autograd.graph.save_on_cpu
+
+    class Spy(real):
+        def __init__(self, pin_memory=False, device_type="cuda"):
+            super().__init__(pin_memory=pin_memory, device_type=device_type)
+            pack = self.pack_hook
+
+            def counting_pack(t):
+                packed.append(tuple(t.shape))
+                return pack(t)
+
+            self.pack_hook = counting_pack
+
+    monkeypatch.setattr(torch.autograd.graph, "save_on_cpu", Spy)
+    plain, off = ToyTask(), ToyTask()
+    train(plain, cfg(steps=3), tmp_path / "plain", device="cpu", progress=False)
+    assert not packed
+    train(off, cfg(steps=3, offload_activations=True), tmp_path / "off", device="cpu", progress=False)
+    assert len(packed) >= 3  # at least one saved tensor per step went through the hook
+    for k in plain.exported:
+        assert torch.equal(plain.exported[k], off.exported[k]), k

@@ -64,6 +64,16 @@ TRAINABLE_NAME = "trainable.safetensors"
 CKPT_PREFIX = "step_"
 
 
+def _saved_tensors_on_cpu(enabled: bool, device: torch.device):
+    """Tensors autograd saves during the forward live in (pinned, on a GPU) CPU memory until the backward needs them.
+    With gradient checkpointing these are the blocks' inputs, the part of the activations that grows with depth."""
+    import contextlib
+
+    if not enabled:
+        return contextlib.nullcontext()
+    return torch.autograd.graph.save_on_cpu(pin_memory=device.type == "cuda")
+
+
 class TrainError(RuntimeError):
     """A problem the user can fix (bad config, conflicting run folder, non-finite loss ...): one line, no traceback."""
 
@@ -100,6 +110,8 @@ class TrainConfig:
     max_grad_norm: float | None = 1.0
     mixed_precision: str = "auto"       # auto (bf16 on GPU, no on CPU) | no | bf16 | fp16
     gradient_checkpointing: bool = False
+    offload_activations: bool = False   # keep the tensors saved for backward in CPU memory (the public DiffHDR code's
+                                        # --use_gradient_checkpointing_offload): less GPU memory, more PCIe traffic
     checkpoint_every: int = 500
     checkpoints_keep: int = 3
     log_every: int = 1
@@ -506,7 +518,7 @@ def train(task, config: dict, run_dir: str | os.PathLike, *, device: str = "auto
             g = torch.Generator(device="cpu").manual_seed(
                 derive_seed(tcfg.seed, "step", loop.step, "micro", micro, accelerator.process_index))
             with accelerator.accumulate(model):
-                with accelerator.autocast():
+                with accelerator.autocast(), _saved_tensors_on_cpu(tcfg.offload_activations, accelerator.device):
                     out = task.training_step(model, batch, g)
                 if "loss" not in out:
                     raise TrainError(f"{task.name}: training_step returned no 'loss' (got {sorted(out)})")
