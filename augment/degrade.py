@@ -274,23 +274,21 @@ def degrade(hdr, params: Params, return_linear: bool = False):
     """HDR frames (T, H, W, 3) -> (uint8 sRGB frames, the noisy linear frames before the OETF if ``return_linear``
     else None). Order (DiffHDR §3.1.2): exposure shift, noise, sRGB OETF, clip to [0, 1], 8-bit quantisation.
     Frame by frame (memory stays at a few frames whatever the clip length); numpy goes through each frame in row
-    blocks that stay in the CPU cache, with the same arithmetic, so the bytes do not depend on the block size."""
+    blocks that stay in the CPU cache, with the same arithmetic, so the bytes do not depend on the block size.
+    Torch tensors on the CPU take that numpy path (zero-copy, 2x faster than torch's eager ops there); on a GPU the
+    same arithmetic runs as torch ops (:func:`degrade_torch`, tested on the CPU to give the same bytes)."""
     xp = _xp(hdr)
-    gain = float(2.0**params.exposure_stops)
     if xp.__name__ == "torch":
-        out = xp.empty(tuple(hdr.shape), dtype=xp.uint8, device=hdr.device)
-        lins = []
-        for t, lin in enumerate(noisy_frames((frame * gain for frame in hdr), hdr.shape, params, like=hdr)):
-            out[t] = linear_to_srgb8(lin, params.quantize)
-            if return_linear:
-                lins.append(lin)
-        return out, (xp.stack(lins) if return_linear else None)
+        if hdr.device.type != "cpu":
+            return degrade_torch(hdr, params, return_linear)
+        out, lin = degrade(hdr.detach().float().numpy(), params, return_linear)
+        return xp.from_numpy(out), (xp.from_numpy(lin) if lin is not None else None)
     out = np.empty(hdr.shape, np.uint8)
     lin_out = np.empty(hdr.shape, np.float32) if return_linear else None
     noisy = params.has_noise()
     fields = ar1_frames(tuple(hdr.shape), params.rho, params.seed, params.ar1_init) if noisy else None
     rows = max(1, CHUNK_VALUES // max(1, int(np.prod(hdr.shape[2:]))))
-    g = np.float32(gain)
+    g = np.float32(2.0**params.exposure_stops)
     for t in range(hdr.shape[0]):
         eps = next(fields) if noisy else None
         for r in range(0, hdr.shape[1], rows):
@@ -304,6 +302,20 @@ def degrade(hdr, params: Params, return_linear: bool = False):
             if return_linear:
                 lin_out[t, r : r + rows] = lin
     return out, lin_out
+
+
+def degrade_torch(hdr, params: Params, return_linear: bool = False):
+    """:func:`degrade` as torch ops on ``hdr``'s device (the GPU path), frame by frame."""
+    import torch
+
+    gain = float(2.0**params.exposure_stops)
+    out = torch.empty(tuple(hdr.shape), dtype=torch.uint8, device=hdr.device)
+    lins = []
+    for t, lin in enumerate(noisy_frames((frame * gain for frame in hdr), hdr.shape, params, like=hdr)):
+        out[t] = linear_to_srgb8(lin, params.quantize)
+        if return_linear:
+            lins.append(lin)
+    return out, (torch.stack(lins) if return_linear else None)
 
 
 def visible_noise_8bit(preset: Preset, L: float) -> float:

@@ -175,7 +175,12 @@ MASK_MODES = {"paper": exposure_masks_paper, "diffhdr-code": exposure_masks_code
 def exposure_masks(ldr, mode: str = "paper", transfer: str = "srgb"):
     """(over, under) masks (T, H, W) of LDR frames by the named mode (a preset's ``mask_mode``). Gamma-2.2 frames
     (alternating exposures) always get the paper's masks on their own linearisation: the public code's thresholds
-    are defined on sRGB."""
+    are defined on sRGB. Torch tensors on the CPU take the numpy path; on a GPU the torch ops run."""
+    if _xp(ldr).__name__ == "torch" and ldr.device.type == "cpu":  # numpy's (OpenCV) path, zero-copy
+        import torch
+
+        over, under = exposure_masks(ldr.detach().numpy(), mode, transfer)
+        return torch.from_numpy(over), torch.from_numpy(under)
     if transfer != "srgb":
         return exposure_masks_paper(ldr, transfer=transfer)
     return MASK_MODES[mode](ldr)

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from augment.alternating import EXPOSURE_SETS, alternating_evs, alternating_ldr, network_input
-from augment.degrade import (PRESETS, Params, ar1_field, camera_noise, degrade, exposure_shift, linear_to_srgb8,
-                             quantize8, sample_params, visible_noise_8bit)
+from augment.degrade import (PRESETS, Params, ar1_field, camera_noise, degrade, degrade_torch, exposure_shift,
+                             linear_to_srgb8, quantize8, sample_params, visible_noise_8bit)
 from augment.masks import ema, exposure_masks_paper
 from hdr.color import log_gamma, log_gamma_inverse, mu_law, mu_law_inverse, reinhard, srgb_eotf, srgb_oetf
 
@@ -130,8 +130,10 @@ def test_same_seed_same_bytes_and_numpy_equals_torch():
     a, _ = degrade(hdr, p)
     b, _ = degrade(hdr, sample_params(PRESETS["paper"].with_overrides(sigma_s_range=(0.01, 0.02)), 1234))
     np.testing.assert_array_equal(a, b)
-    t, _ = degrade(torch.from_numpy(hdr), p)
+    t, _ = degrade_torch(torch.from_numpy(hdr), p)  # the GPU path's torch ops, run on the CPU
     np.testing.assert_array_equal(t.numpy(), a)  # bit-identical: same draws, same code boundaries
+    cpu, _ = degrade(torch.from_numpy(hdr), p)  # a CPU tensor takes the numpy path and comes back as a tensor
+    assert isinstance(cpu, torch.Tensor) and np.array_equal(cpu.numpy(), a)
     assert p.to_json()["seed"] == 1234
 
 
@@ -265,4 +267,24 @@ def test_row_blocks_do_not_change_the_bytes(monkeypatch):
     blocks, lin_b = degrade(hdr, p, return_linear=True)
     np.testing.assert_array_equal(blocks, whole)
     np.testing.assert_array_equal(lin_b, lin)
-    np.testing.assert_array_equal(degrade(torch.from_numpy(hdr), p)[0].numpy(), whole)
+    np.testing.assert_array_equal(degrade_torch(torch.from_numpy(hdr), p)[0].numpy(), whole)
+
+
+def test_masks_on_tensors_equal_numpy_both_paths():
+    from augment.masks import exposure_masks
+
+    ldr = (np.random.default_rng(6).random((4, 24, 40, 3)) ** 0.3 * 255).astype(np.uint8)
+    ldr[:, :8] = 255
+    ldr[:, 16:] //= 40
+    for transfer in ("srgb", "gamma2.2"):
+        ref = exposure_masks_paper(ldr, transfer=transfer)
+        ops = exposure_masks_paper(torch.from_numpy(ldr), transfer=transfer)  # the GPU path's torch ops
+        for r, o in zip(ref, ops):
+            assert r.max() == 1 and r.min() == 0
+            np.testing.assert_array_equal(o.numpy(), r)
+    for mode in ("paper", "diffhdr-code"):
+        ref = exposure_masks(ldr, mode)
+        cpu = exposure_masks(torch.from_numpy(ldr), mode)  # a CPU tensor takes the numpy path
+        for r, c in zip(ref, cpu):
+            assert isinstance(c, torch.Tensor)
+            np.testing.assert_array_equal(c.numpy(), r)
