@@ -16,16 +16,16 @@ import argparse
 import os
 import shutil
 import sys
-import math
 import tempfile
 from pathlib import Path
 
-import numpy as np
 
 # this file is named like the package it measures: make `import render` find the package, not this script
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from evaluate.metrics import psnr  # noqa: E402
+from hdr.color import mu_law  # noqa: E402
 from hdr.io import read_image  # noqa: E402
 from hdr.storage import Store  # noqa: E402
 from render import layout  # noqa: E402
@@ -58,10 +58,9 @@ def measure(width, height, samples, frames, threads, half=False, hdri="sunrise.e
 
 
 def mu_psnr(ref, test, mu=5000.0) -> float:
+    """mu-law PSNR (evaluate.metrics.psnr, capped at 100 dB) with both frames normalised by the same maximum."""
     m = max(float(ref.max()), float(test.max()))
-    t = lambda x: np.log1p(mu * x / m) / np.log1p(mu)  # noqa: E731
-    mse = float(np.mean((t(ref) - t(test)) ** 2))
-    return 10 * math.log10(1.0 / mse) if mse > 0 else float("inf")
+    return psnr(mu_law(ref / m, mu), mu_law(test / m, mu))
 
 
 def equal_quality(frames: int, threads: int, hdri: str, program: str) -> None:
