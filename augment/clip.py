@@ -13,14 +13,13 @@ import shutil
 import time
 from dataclasses import asdict, dataclass
 
-import cv2
 import numpy as np
 
 import hdr
 from augment.alternating import alternating_evs, alternating_ldr
 from augment.degrade import PRESETS, degrade, sample_params
 from augment.masks import exposure_masks
-from hdr.io import read_image
+from hdr.io import read_image, write_png
 from hdr.seeding import SEED_DERIVATION, derive_seed
 from hdr.storage import Store
 from render import layout
@@ -50,9 +49,7 @@ def aug_id(task: AugTask, index: int) -> str:
 
 def _write_png(scratch, store: Store, rel: str, img: np.ndarray) -> int:
     tmp = scratch / rel.replace("/", "_")
-    data = img[..., ::-1] if img.ndim == 3 else img  # OpenCV writes BGR
-    if not cv2.imwrite(str(tmp), np.ascontiguousarray(data)):
-        raise OSError(f"could not encode {rel}")
+    write_png(tmp, img)
     return store.publish(tmp, rel)
 
 

@@ -16,7 +16,7 @@ import numpy as np
 
 from augment.masks import exposure_masks_paper
 from hdr.color import luminance, reinhard, srgb_oetf
-from hdr.io import read_image
+from hdr.io import LdrImageError, decode_ldr, read_image
 from hdr.storage import Store
 from render import layout
 
@@ -100,10 +100,10 @@ def choose_aug(store: Store, crel: str, wanted: str | None) -> tuple[str | None,
 
 
 def _read_mask(store: Store, rel: str) -> np.ndarray:
-    data = np.frombuffer(store.read_bytes(rel), np.uint8)
-    img = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
-    if img is None:
-        raise ClipInputError(f"{rel}: not a readable PNG mask")
+    try:
+        img = decode_ldr(store.read_bytes(rel), rel)
+    except LdrImageError as e:
+        raise ClipInputError(str(e)) from None
     if img.ndim == 3:
         img = img[..., 0]
     return img.astype(np.float32) / (65535.0 if img.dtype == np.uint16 else 255.0)

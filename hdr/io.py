@@ -358,3 +358,36 @@ def write_hdr(path: str | os.PathLike, img: np.ndarray) -> None:
     if not ok:
         raise OSError(f"{os.fspath(path)}: OpenCV could not encode a Radiance image")
     buf.tofile(os.fspath(path))
+
+
+# 8-bit images (LDR frames, exposure masks, thumbnails): RGB order in memory, OpenCV underneath, errors naming the file.
+class LdrImageError(ValueError):
+    """An unreadable 8/16-bit image; ``str(e)`` starts with the file's name."""
+
+
+def decode_ldr(data: bytes, name: str, color: bool = False) -> np.ndarray:
+    """PNG/JPEG bytes -> uint8 (or uint16) array: (H, W, 3) RGB, or (H, W) for a single-channel file unless
+    ``color`` (then always RGB). Raises :class:`LdrImageError` naming ``name``."""
+    flags = cv2.IMREAD_COLOR if color else cv2.IMREAD_UNCHANGED
+    img = cv2.imdecode(np.frombuffer(data, np.uint8), flags)
+    if img is None:
+        raise LdrImageError(f"{name}: not a readable PNG/JPEG image")
+    if img.ndim == 3 and img.shape[2] == 4:
+        img = img[..., :3]
+    return np.ascontiguousarray(img[..., ::-1]) if img.ndim == 3 else img
+
+
+def read_ldr(path: str | os.PathLike, color: bool = False) -> np.ndarray:
+    """:func:`decode_ldr` of a local file."""
+    try:
+        data = Path(path).read_bytes()
+    except OSError as e:
+        raise LdrImageError(f"{os.fspath(path)}: {e.strerror or e}") from None
+    return decode_ldr(data, os.fspath(path), color)
+
+
+def write_png(path: str | os.PathLike, img: np.ndarray) -> None:
+    """uint8/uint16 (H, W, 3) RGB or (H, W) array -> PNG file (lossless)."""
+    data = img[..., ::-1] if img.ndim == 3 else img  # OpenCV writes BGR
+    if not cv2.imwrite(os.fspath(path), np.ascontiguousarray(data)):
+        raise OSError(f"{os.fspath(path)}: could not encode a PNG")

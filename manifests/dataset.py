@@ -13,14 +13,13 @@ indices ``start .. start + window - 1`` of the clip. torch is imported here only
 from __future__ import annotations
 
 
-import cv2
 import numpy as np
 import torch
 
 from augment.alternating import alternating_evs, alternating_ldr
 from augment.degrade import PRESETS, degrade, sample_params
 from augment.masks import exposure_masks
-from hdr.io import read_image
+from hdr.io import decode_ldr, read_image
 from hdr.seeding import derive_seed
 from manifests.manifest import Manifest
 from manifests.records import AugRecord, ClipRecord
@@ -70,10 +69,7 @@ class ClipWindowDataset(torch.utils.data.Dataset):
             return read_image(p, name=rel)
 
     def _png(self, rel: str) -> np.ndarray:
-        img = cv2.imdecode(np.frombuffer(self.m.read_bytes(rel), np.uint8), cv2.IMREAD_UNCHANGED)
-        if img is None:
-            raise OSError(f"{rel}: not a readable PNG")
-        return img[..., ::-1] if img.ndim == 3 else img  # OpenCV decodes BGR
+        return decode_ldr(self.m.read_bytes(rel), rel)
 
     def window_start(self, index: int) -> int:
         c = self.clips[index]

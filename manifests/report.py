@@ -23,7 +23,7 @@ import numpy as np
 from tqdm import tqdm
 
 from hdr.color import luminance, reinhard, srgb_oetf
-from hdr.io import read_image
+from hdr.io import LdrImageError, decode_ldr, read_image, write_png
 from hdr.storage import human_bytes
 from manifests.manifest import Manifest
 from manifests.records import ClipRecord
@@ -74,7 +74,7 @@ def _clip_assets(m: Manifest, c: ClipRecord, out: Path, width: int) -> dict:
     thumbs = []
     for i, img in zip(idx, tm):
         name = f"thumbs/{_slug(c.key)}_{i:04d}.png"
-        cv2.imwrite(str(out / name), np.ascontiguousarray(_resize(img, width)[..., ::-1]))
+        write_png(out / name, _resize(img, width))
         thumbs.append((i, name))
     y = luminance(frames)
     logy = np.log2(np.maximum(y, 2.0 ** (HIST_RANGE[0] - 1)))
@@ -83,11 +83,14 @@ def _clip_assets(m: Manifest, c: ClipRecord, out: Path, width: int) -> dict:
     single = c.aug("single") or c.augs
     if single:
         a = single[0]
-        buf = np.frombuffer(m.read_bytes(a.frames[c.n_frames // 2]), np.uint8)
-        img = cv2.imdecode(buf, cv2.IMREAD_COLOR)
+        rel = a.frames[c.n_frames // 2]
+        try:
+            img = decode_ldr(m.read_bytes(rel), rel, color=True)
+        except LdrImageError:
+            img = None  # the report shows the clip without its LDR thumbnail
         if img is not None:
             ldr = f"thumbs/{_slug(c.key)}_ldr.png"
-            cv2.imwrite(str(out / ldr), _resize(img, width))
+            write_png(out / ldr, _resize(img, width))
             ldr = (a.aug_id, ldr)
     return {"thumbs": thumbs, "hist": counts, "scale": scale, "ldr": ldr,
             "measured_dr": float(np.log2(max(np.percentile(y, 99.9), 1e-9) / max(np.percentile(y, 0.1), 1e-9)))}

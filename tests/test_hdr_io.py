@@ -264,3 +264,21 @@ def test_bundled_hdris_agree_with_the_openexr_library(bundled_hdris):
         img = read_image(path)
         assert img.shape == (512, 1024, 3) and img.dtype == np.float32 and img.flags.c_contiguous
         assert np.isfinite(img).all() and img.max() > 1.0
+
+
+def test_ldr_png_round_trip_and_errors(tmp_path):
+    from hdr.io import LdrImageError, decode_ldr, read_ldr, write_png
+
+    rgb = np.random.default_rng(0).integers(0, 256, (5, 7, 3), dtype=np.uint8)
+    gray = rgb[..., 1].copy()
+    write_png(tmp_path / "rgb.png", rgb)
+    write_png(tmp_path / "gray.png", gray)
+    np.testing.assert_array_equal(read_ldr(tmp_path / "rgb.png"), rgb)  # RGB order kept (OpenCV is BGR inside)
+    np.testing.assert_array_equal(read_ldr(tmp_path / "gray.png"), gray)
+    np.testing.assert_array_equal(read_ldr(tmp_path / "gray.png", color=True), np.repeat(gray[..., None], 3, -1))
+    np.testing.assert_array_equal(decode_ldr((tmp_path / "rgb.png").read_bytes(), "x"), rgb)
+    (tmp_path / "bad.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really")
+    with pytest.raises(LdrImageError, match=r"bad\.png: not a readable PNG/JPEG image"):
+        read_ldr(tmp_path / "bad.png")
+    with pytest.raises(LdrImageError, match=r"missing\.png: "):
+        read_ldr(tmp_path / "missing.png")

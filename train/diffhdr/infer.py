@@ -30,6 +30,7 @@ import torch
 import yaml
 
 from hdr.color import log_gamma_inverse
+from hdr.io import LdrImageError, read_ldr
 from hdr.seeding import derive_seed
 from train.diffhdr import conditioning as C
 from train.diffhdr.cfa import OVER_PROMPT, UNDER_PROMPT, CFAState, install_cfa, token_mask
@@ -95,18 +96,16 @@ def read_video(path: str | os.PathLike) -> np.ndarray:
     starting with over_/under_ are masks and skipped)."""
     p = Path(path)
     if p.is_dir():
-        import cv2
-
         files = sorted(f for f in p.iterdir() if f.suffix.lower() in IMAGE_EXT
                        and not f.name.startswith(("over_", "under_")))
         if not files:
             raise InferError(f"{p}: no PNG/JPEG frames in this folder")
         frames = []
         for f in files:
-            img = cv2.imread(str(f), cv2.IMREAD_COLOR)
-            if img is None:
-                raise InferError(f"{f}: not a readable image")
-            frames.append(img[..., ::-1])
+            try:
+                frames.append(read_ldr(f, color=True))
+            except LdrImageError as e:
+                raise InferError(str(e)) from None
         if len({fr.shape for fr in frames}) != 1:
             raise InferError(f"{p}: frames have different sizes")
         return np.stack(frames)
@@ -321,10 +320,11 @@ def main(args) -> int:
 
         from hdr.color import srgb_eotf
 
-        img = cv2.imread(args.reference, cv2.IMREAD_COLOR)
-        if img is None:
-            raise InferError(f"{args.reference}: not a readable image")
-        ref = cv2.resize(img[..., ::-1], (w, h), interpolation=cv2.INTER_AREA).astype(np.float32) / 255.0
+        try:
+            img = read_ldr(args.reference, color=True)
+        except LdrImageError as e:
+            raise InferError(str(e)) from None
+        ref = cv2.resize(img, (w, h), interpolation=cv2.INTER_AREA).astype(np.float32) / 255.0
         # public code: sRGB -> linear x 2^ev -> Log-Gamma; the pipeline takes PIL images (8-bit in Log-Gamma space)
         unit = C.hdr_to_unit(torch.from_numpy(srgb_eotf(ref) * 2.0 ** args.reference_ev)).numpy()
         reference = Image.fromarray(np.round(unit * 255.0).astype(np.uint8))

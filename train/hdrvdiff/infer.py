@@ -36,8 +36,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def read_sequence(folder: str | Path, exposures=None, frames: int | None = None):
     """(uint8 frames (T, H, W, 3), exposures (T,), names) from an augmentation folder or a folder of PNGs."""
-    import cv2
-
+    from hdr.io import LdrImageError, read_ldr
     from train.engine import TrainError
 
     folder = Path(folder)
@@ -59,10 +58,10 @@ def read_sequence(folder: str | Path, exposures=None, frames: int | None = None)
         exp = [float(exposures[i % len(exposures)]) for i in range(len(names))]
     imgs = []
     for n in names:
-        img = cv2.imread(str(folder / n), cv2.IMREAD_COLOR)
-        if img is None:
-            raise TrainError(f"{folder / n}: not a readable PNG")
-        imgs.append(img[..., ::-1])
+        try:
+            imgs.append(read_ldr(folder / n, color=True))
+        except LdrImageError as e:
+            raise TrainError(str(e)) from None
     shapes = {i.shape for i in imgs}
     if len(shapes) != 1:
         raise TrainError(f"{folder}: frames differ in size ({sorted(shapes)})")
