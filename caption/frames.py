@@ -15,12 +15,11 @@ import cv2
 import numpy as np
 
 from augment.masks import exposure_masks_paper
-from hdr.color import luminance, reinhard, srgb_oetf
+from hdr.color import REINHARD_KEY, reinhard_display, srgb_oetf
 from hdr.io import LdrImageError, decode_ldr, read_image
 from hdr.storage import Store
 from render import layout
 
-REINHARD_KEY = 0.18  # Reinhard et al. 2002: scale radiance so the log-average luminance maps to the key a = 0.18
 OVER_COLOUR = (255, 0, 255)  # magenta outline: over-exposed in the LDR video
 UNDER_COLOUR = (0, 255, 255)  # cyan outline: under-exposed in the LDR video
 MASK_MODES = ("contour", "separate", "none")
@@ -57,17 +56,6 @@ def sample_indices(n_frames: int, k: int) -> list[int]:
     if k == 1:
         return [n_frames // 2]
     return sorted({int(round(i * (n_frames - 1) / (k - 1))) for i in range(k)})
-
-
-def reinhard_display(hdr: np.ndarray, key: float = REINHARD_KEY) -> tuple[np.ndarray, float]:
-    """8-bit sRGB frames from linear radiance ``(..., H, W, 3)``: exposure so that the log-average luminance of ALL
-    given frames lands on ``key`` (one scale per clip, so brightness stays comparable between frames), then
-    hdr.color.reinhard per channel and the sRGB OETF. Returns (frames, scale)."""
-    lum = np.asarray(luminance(hdr), np.float64)
-    log_avg = float(np.exp(np.mean(np.log(1e-6 + np.clip(lum, 0.0, None)))))
-    scale = key / max(log_avg, 1e-6)
-    out = srgb_oetf(reinhard(np.asarray(hdr, np.float32) * np.float32(scale)))
-    return np.round(np.clip(out, 0.0, 1.0) * 255.0).astype(np.uint8), scale
 
 
 def list_augs(store: Store, crel: str) -> list[tuple[str, dict]]:

@@ -87,6 +87,23 @@ def reinhard(x):
     return x / (1.0 + x)
 
 
+# Reinhard et al. 2002, eq. 1-2: scale radiance so the log-average luminance lands on the key a (0.18, "middle grey").
+REINHARD_KEY = 0.18
+
+
+def reinhard_display(hdr, key: float = REINHARD_KEY):
+    """8-bit sRGB frames (numpy uint8) for looking at linear radiance ``(..., H, W, 3)``: one exposure for all the
+    given frames (log-average luminance -> ``key``, so a clip's frames stay comparable and a global exposure change
+    does not change the picture), :func:`reinhard` per channel, the sRGB OETF. Returns (frames, scale)."""
+    import numpy as np
+
+    lum = np.asarray(luminance(hdr), np.float64)
+    log_avg = float(np.exp(np.mean(np.log(1e-6 + np.clip(lum, 0.0, None)))))
+    scale = key / max(log_avg, 1e-6)
+    out = srgb_oetf(reinhard(np.asarray(hdr, np.float32) * np.float32(scale)))
+    return np.round(np.clip(out, 0.0, 1.0) * 255.0).astype(np.uint8), scale
+
+
 # PU21 (Mantiuk & Azimi 2021, "PU21: A novel perceptually uniform encoding for adapting existing quality metrics for
 # HDR", Picture Coding Symposium): V = p7 * (((p1 + p2 Y^p4) / (1 + p3 Y^p4))^p5 - p6), Y in cd/m^2 clamped to
 # [0.005, 10000]. Parameters: the published 'banding_glare' set (the authors' recommended default) as in the reference

@@ -22,23 +22,14 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from hdr.color import luminance, reinhard, srgb_oetf
+from hdr.color import REINHARD_KEY, luminance, reinhard_display
 from hdr.io import LdrImageError, decode_ldr, read_image, write_png
 from hdr.storage import human_bytes
 from manifests.manifest import Manifest
 from manifests.records import ClipRecord
 
 HIST_RANGE = (-12.0, 18.0)  # log2 luminance (stops), one bin per stop
-KEY = 0.18
-
-
-def tonemap(frames: np.ndarray) -> tuple[np.ndarray, float]:
-    """(T, H, W, 3) linear radiance -> uint8 sRGB, one exposure for the clip (log-average luminance -> KEY)."""
-    y = luminance(frames)
-    logavg = float(np.exp(np.mean(np.log(1e-6 + np.maximum(y, 0.0)))))
-    scale = KEY / max(logavg, 1e-9)
-    out = srgb_oetf(reinhard(frames * scale))  # Reinhard, then the sRGB OETF (hdr.color)
-    return np.clip(np.round(out * 255.0), 0, 255).astype(np.uint8), scale
+KEY = REINHARD_KEY
 
 
 def _resize(img: np.ndarray, width: int) -> np.ndarray:
@@ -70,7 +61,7 @@ def _hist_svg(counts: np.ndarray, dr: float | None, w: int = 180, h: int = 60) -
 def _clip_assets(m: Manifest, c: ClipRecord, out: Path, width: int) -> dict:
     idx = sorted({0, c.n_frames // 2, c.n_frames - 1})
     frames = np.stack([_read_exr(m, c.frames[i]) for i in idx])
-    tm, scale = tonemap(frames)
+    tm, scale = reinhard_display(frames, KEY)
     thumbs = []
     for i, img in zip(idx, tm):
         name = f"thumbs/{_slug(c.key)}_{i:04d}.png"

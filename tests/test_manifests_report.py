@@ -11,7 +11,8 @@ from hdr.io import read_image
 from manifests import open_manifest
 from manifests.browser import find_chromium, render_page
 from manifests.build import build
-from manifests.report import HIST_RANGE, _clip_assets, tonemap
+from hdr.color import reinhard_display
+from manifests.report import HIST_RANGE, _clip_assets
 from tests.test_manifests import cli, write_caption
 
 
@@ -65,7 +66,7 @@ def test_report_thumbnails_and_histograms_are_the_frames(tiny_dataset, tmp_path)
     a = _clip_assets(m, c, tmp_path, 64)
     assert [i for i, _ in a["thumbs"]] == [0, 4, 8]
     frames = np.stack([read_image(tiny_dataset / c.frames[i]) for i in (0, 4, 8)])
-    tm, scale = tonemap(frames)
+    tm, scale = reinhard_display(frames)
     thumb = cv2.imread(str(tmp_path / a["thumbs"][1][1]))[..., ::-1]
     assert thumb.shape == (64, 64, 3)
     np.testing.assert_array_equal(thumb[::2, ::2], tm[1])  # 32 -> 64 px, nearest neighbour
