@@ -8,8 +8,8 @@
   "Bad photo."]))[0] with a CLIP model from a local Hugging Face folder (e.g. openai/clip-vit-base-patch16 saved
   locally), on the Reinhard-tonemapped sRGB prediction (DiffHDR §4.2.1 tonemaps with Reinhard for its no-reference
   metrics). This is CLIP-IQA with plain CLIP weights (torchmetrics' variant), not the CLIP-IQA+ finetuned prompts.
-* MUSIQ: there is no MUSIQ implementation in this environment (pyiqa is deliberately not a dependency); requesting it
-  yields a clear "unavailable" message.
+* MUSIQ (Ke et al. 2021), no reference, on the same Reinhard-tonemapped prediction: through pyiqa if the user installed
+  it (it is deliberately not a dependency) and from a local pyiqa checkpoint; otherwise a clear "unavailable".
 
 Every loader raises :class:`MetricUnavailable` with a one-line reason when the weights are absent.
 """
@@ -132,7 +132,38 @@ class ClipIqa:
         return (s, s)
 
 
-def musiq_unavailable(weights: str | None) -> MetricUnavailable:
-    where = f" (weights given: {weights})" if weights else ""
-    return MetricUnavailable(f"musiq: not computed -- no MUSIQ implementation is installed (it needs pyiqa, which is "
-                             f"not a dependency of this toolkit){where}; nothing is downloaded")
+class Musiq:
+    """``Musiq(path).score(srgb01)``: mean MUSIQ (Ke et al. 2021, no reference) over ``(T, H, W, 3)`` in [0, 1],
+    through pyiqa's implementation, from a local checkpoint only (pyiqa's ``musiq_koniq_ckpt-*.pth``, the file pyiqa
+    would download). pyiqa is NOT a dependency of this toolkit (it pulls bitsandbytes, datasets, ruff, ...): install
+    it yourself to use MUSIQ; without it, or without the checkpoint, the metric is reported unavailable."""
+
+    def __init__(self, weights: str | os.PathLike | None, device: str = "cpu"):
+        if not weights:
+            raise MetricUnavailable("musiq: not computed -- pass --musiq-weights PATH (a local pyiqa MUSIQ checkpoint, "
+                                    "e.g. musiq_koniq_ckpt-e95806b9.pth); nothing is downloaded")
+        path = Path(weights)
+        if not path.is_file():
+            raise MetricUnavailable(f"musiq: not computed -- {path}: no such file (expected a pyiqa MUSIQ "
+                                    "checkpoint); nothing is downloaded")
+        try:
+            import pyiqa
+        except ImportError:
+            raise MetricUnavailable("musiq: not computed -- MUSIQ runs through pyiqa, which is not installed and not "
+                                    "a dependency of this toolkit (pip install pyiqa to use it)") from None
+        try:  # with pretrained_model_path, pyiqa loads the file and never downloads
+            self.metric = pyiqa.create_metric("musiq", as_loss=False, device=device,
+                                              pretrained_model_path=str(path))
+        except Exception as e:  # noqa: BLE001  (any loader failure is one line)
+            raise MetricUnavailable(f"musiq: {path}: pyiqa cannot load it ({' '.join(str(e).split())})") from None
+        self.device, self.source = device, str(path)
+
+    def score(self, srgb01: np.ndarray, batch: int = 8) -> float:
+        import torch
+
+        vals = []
+        with torch.no_grad():
+            for i in range(0, len(srgb01), batch):
+                x = _torch_batch(np.clip(srgb01[i:i + batch], 0.0, 1.0)).to(self.device)
+                vals.append(torch.as_tensor(self.metric(x)).reshape(-1).double().cpu())
+        return float(torch.cat(vals).mean())

@@ -27,7 +27,7 @@ from tqdm import tqdm
 
 from evaluate import metrics as M
 from evaluate.clips import ClipPair, clips_from_manifest, clips_from_reference, pair_predictions, read_clip
-from evaluate.perceptual import ClipIqa, Lpips, MetricUnavailable, musiq_unavailable
+from evaluate.perceptual import ClipIqa, Lpips, MetricUnavailable, Musiq
 from evaluate.vdp import DEFAULT_DISPLAY, DEFAULT_FPS, VideoVDP
 from hdr.color import reinhard, srgb_oetf
 from hdr.io import HdrImageError
@@ -89,8 +89,7 @@ class Evaluator:
                                          for k in VDP_KINDS if k in settings.metrics}
         self.lpips = self._optional("lpips", lambda: Lpips(settings.lpips_weights, settings.device))
         self.clipiqa = self._optional("clipiqa", lambda: ClipIqa(settings.clipiqa_model, settings.device))
-        if "musiq" in settings.metrics:
-            self.unavailable["musiq"] = str(musiq_unavailable(settings.musiq_weights))
+        self.musiq = self._optional("musiq", lambda: Musiq(settings.musiq_weights, settings.device))
         self.core = tuple(m for m in settings.metrics if m in M.CORE_METRICS)
 
     def _optional(self, name, make):
@@ -110,6 +109,8 @@ class Evaluator:
             d["lpips_source"] = self.lpips.source
         if self.clipiqa:
             d["clipiqa_source"] = self.clipiqa.source
+        if self.musiq:
+            d["musiq_source"] = self.musiq.source
         return d
 
     def score(self, pred: np.ndarray, gt: np.ndarray) -> dict:
@@ -126,10 +127,11 @@ class Evaluator:
                 tm = [M.tonemap_pair(p, g, s.mu) for p, g in zip(pred[i:i + CHUNK], gt[i:i + CHUNK])]
                 parts.append((len(tm), self.lpips.score(np.stack([a for a, _ in tm]), np.stack([b for _, b in tm]))))
             vals["lpips"] = sum(n * v for n, v in parts) / len(pred)
-        if self.clipiqa is not None:
-            parts = [(len(c), self.clipiqa.score(np.clip(srgb_oetf(reinhard(c.astype(np.float64))), 0, 1)))
-                     for c in (pred[i:i + CHUNK] for i in range(0, len(pred), CHUNK))]
-            vals["clipiqa"] = sum(n * v for n, v in parts) / len(pred)
+        for name, metric in (("clipiqa", self.clipiqa), ("musiq", self.musiq)):  # no reference: the prediction
+            if metric is not None:
+                parts = [(len(c), metric.score(np.clip(srgb_oetf(reinhard(c.astype(np.float64))), 0, 1)))
+                         for c in (pred[i:i + CHUNK] for i in range(0, len(pred), CHUNK))]
+                vals[name] = sum(n * v for n, v in parts) / len(pred)
         ordered = {m: _finite(vals[m]) for m in s.metrics if m in vals}
         return {"metrics": ordered, "nits_scale": k, "dynamic_range_stops": _finite(M.dynamic_range_stops(gt))}
 
@@ -270,7 +272,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--nits-per-unit", type=float, help="fixed cd/m^2 per radiance unit instead of the anchor")
     p.add_argument("--lpips-weights", help="local torchvision AlexNet checkpoint (alexnet-owt-7be5be79.pth) for LPIPS")
     p.add_argument("--clipiqa-model", help="local Hugging Face CLIP folder for CLIP-IQA")
-    p.add_argument("--musiq-weights", help="(MUSIQ is not available in this environment; see README)")
+    p.add_argument("--musiq-weights", help="local pyiqa MUSIQ checkpoint (MUSIQ needs pyiqa, which you install "
+                   "yourself: it is not a dependency)")
     p.add_argument("--device", default="cpu", help="torch device for VDP/LPIPS/CLIP-IQA: cpu, cuda, cuda:1, auto")
     p.add_argument("--no-plots", action="store_true")
     p.add_argument("--overwrite", action="store_true", help="recompute everything even if OUT holds results")

@@ -171,6 +171,33 @@ def test_learned_metrics_without_weights_say_so_and_never_download(no_network, c
         Lpips("/nonexistent/alexnet.pth")
 
 
+def test_musiq_through_a_user_installed_pyiqa_from_a_local_checkpoint(no_network, tmp_path, monkeypatch):
+    """pyiqa is not a dependency: without it MUSIQ says how to get it; with it (a stand-in module here, recording
+    how it is called) the metric is built from the local file -- never a download -- and scores the tonemapped
+    prediction."""
+    import sys
+    import types
+
+    ckpt = tmp_path / "musiq_koniq_ckpt.pth"
+    ckpt.write_bytes(b"weights")
+    monkeypatch.setitem(sys.modules, "pyiqa", None)  # not installed
+    ev = Evaluator(EvalSettings(metrics=("musiq",), musiq_weights=str(ckpt)))
+    assert "pip install pyiqa" in ev.unavailable["musiq"]
+    calls = []
+
+    def create_metric(name, as_loss=False, device=None, **kw):
+        calls.append((name, as_loss, device, kw))
+        return lambda x: x.mean(dim=(1, 2, 3)) * 100.0  # a "quality" that grows with brightness
+
+    monkeypatch.setitem(sys.modules, "pyiqa", types.SimpleNamespace(create_metric=create_metric))
+    ev = Evaluator(EvalSettings(metrics=("psnr_t", "musiq"), musiq_weights=str(ckpt)))
+    assert not ev.unavailable and calls == [("musiq", False, "cpu", {"pretrained_model_path": str(ckpt)})]
+    gt = hdr_clip(8, t=2, h=32, w=32)
+    dark, bright = ev.score(gt * 0.25, gt)["metrics"]["musiq"], ev.score(gt * 4.0, gt)["metrics"]["musiq"]
+    assert 0 < dark < bright < 100
+    assert ev.describe()["musiq_source"] == str(ckpt)
+
+
 # ---------------------------------------------------------------------------------------------------------- the CLI
 def make_predictions(root: Path, pred: Path, keys, sigma=0.1):
     for i, key in enumerate(keys):
