@@ -62,6 +62,18 @@ def markdown(result: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _save(fig, axes, used: int, out_dir, name: str) -> str:
+    """Blank the unused panels, write the figure as ``out_dir/name`` and free it; returns ``name``."""
+    import matplotlib.pyplot as plt
+
+    for ax in list(axes.flat)[used:]:
+        ax.axis("off")
+    fig.tight_layout()
+    fig.savefig(out_dir / name, dpi=110)
+    plt.close(fig)
+    return name
+
+
 def plots(result: dict, out_dir: str | Path) -> list[str]:
     """Write ``per_clip.png`` and ``vs_dynamic_range.png`` into ``out_dir``; returns the file names."""
     import matplotlib
@@ -89,12 +101,7 @@ def plots(result: dict, out_dir: str | Path) -> list[str]:
         mean = result["mean"].get(n)
         if mean is not None and not math.isnan(mean):
             ax.axvline(mean, color="k", lw=0.8, ls="--")
-    for ax in list(axes.flat)[len(names):]:
-        ax.axis("off")
-    fig.tight_layout()
-    fig.savefig(out_dir / "per_clip.png", dpi=110)
-    plt.close(fig)
-    written.append("per_clip.png")
+    written.append(_save(fig, axes, len(names), out_dir, "per_clip.png"))
 
     fig, axes = plt.subplots(nrow, ncol, figsize=(4.2 * ncol, 3.2 * nrow), squeeze=False)
     for ax, n in zip(axes.flat, names):
@@ -105,10 +112,5 @@ def plots(result: dict, out_dir: str | Path) -> list[str]:
             ax.scatter(*zip(*pts), s=14)
         ax.set_xlabel("GT dynamic range (stops)", fontsize=8)
         ax.set_title(_label(n), fontsize=9)
-    for ax in list(axes.flat)[len(names):]:
-        ax.axis("off")
-    fig.tight_layout()
-    fig.savefig(out_dir / "vs_dynamic_range.png", dpi=110)
-    plt.close(fig)
-    written.append("vs_dynamic_range.png")
+    written.append(_save(fig, axes, len(names), out_dir, "vs_dynamic_range.png"))
     return written
