@@ -7,11 +7,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from augment.degrade import Params, noisy_frames, quantize8
-from hdr.color import _xp
+from augment.degrade import Params, linear_to_ldr8, noisy_frames
+from hdr.color import LDR_GAMMA, _xp
 
 EXPOSURE_SETS = {2: (0.0, 3.0), 3: (-2.0, 0.0, 2.0)}
-GAMMA = 2.2
+GAMMA = LDR_GAMMA
+TRANSFER = "gamma2.2"  # the name of the encoding in hdr.color.TRANSFERS (recorded in aug.json)
 
 
 def alternating_evs(n_frames: int, n_exposures: int, start: int = 0) -> list[float]:
@@ -20,15 +21,13 @@ def alternating_evs(n_frames: int, n_exposures: int, start: int = 0) -> list[flo
     return [evs[(start + t) % len(evs)] for t in range(n_frames)]
 
 
-def alternating_ldr(hdr, evs, params: Params, gamma: float = GAMMA):
+def alternating_ldr(hdr, evs, params: Params):
     """HDR frames (T, H, W, 3) -> 8-bit LDR frames with exposure 2^(Delta + EV_t), the clip's AR(1) noise, gamma
-    ``gamma`` and the preset's quantisation; returns (uint8 frames, exposures e_t = 2^EV_t)."""
+    :data:`GAMMA` and the preset's quantisation (the toolkit's one exact quantiser); returns (uint8 frames, exposures
+    e_t = 2^EV_t)."""
     xp = _xp(hdr)
     exposed = (frame * float(2.0 ** (params.exposure_stops + ev)) for frame, ev in zip(hdr, evs))
-    out = []
-    for lin in noisy_frames(exposed, hdr.shape, params, like=hdr):
-        lin = lin.clamp(0.0, 1.0) if xp.__name__ == "torch" else np.clip(lin, 0.0, 1.0)
-        out.append(quantize8(lin ** (1.0 / gamma), params.quantize))
+    out = [linear_to_ldr8(lin, params.quantize, TRANSFER) for lin in noisy_frames(exposed, hdr.shape, params, like=hdr)]
     return xp.stack(out), [float(2.0**ev) for ev in evs]
 
 

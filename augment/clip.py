@@ -16,7 +16,8 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 import hdr
-from augment.alternating import alternating_evs, alternating_ldr
+from augment.alternating import GAMMA, alternating_evs, alternating_ldr
+from augment.alternating import TRANSFER as ALT_TRANSFER
 from augment.degrade import PRESETS, degrade, sample_params
 from augment.masks import exposure_masks
 from hdr.io import read_image, write_png
@@ -106,10 +107,10 @@ def augment_clip(task: AugTask) -> dict:
                 evs = alternating_evs(len(hdr_frames), task.alternating)
                 ldr, exposures = alternating_ldr(hdr_frames, evs, params)
                 extra = {"alternating": {"n_exposures": task.alternating, "ev": evs, "exposure": exposures,
-                                         "gamma": 2.2, "network_input": "c(I_k, I_k^2.2 / e_k), HDR-V-Diff eq. 1"}}
+                                         "gamma": GAMMA, "network_input": f"c(I_k, I_k^{GAMMA} / e_k), HDR-V-Diff eq. 1"}}
             else:
                 ldr, _ = degrade(hdr_frames, params)
-            transfer = "gamma2.2" if task.alternating else "srgb"
+            transfer = ALT_TRANSFER if task.alternating else "srgb"
             mask_mode = "paper" if task.alternating else preset.mask_mode
             over, under = exposure_masks(ldr, mask_mode, transfer)
             files = []

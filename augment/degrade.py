@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 
-from hdr.color import _xp, srgb_eotf, srgb_oetf
+from hdr.color import _xp, srgb_oetf, transfer_eotf
 
 
 @dataclass(frozen=True)
@@ -218,53 +218,62 @@ def noisy_frames(lin_frames, shape, params: Params, like=None):
         yield n
 
 
-def quantize8(srgb, mode: str = "round"):
-    """[0, 1] -> uint8 by rounding (paper) or truncation (public code)."""
-    xp = _xp(srgb)
-    x = srgb * 255.0
-    x = xp.floor(x + 0.5) if mode == "round" else xp.floor(x)
-    if xp.__name__ == "torch":
-        return x.clamp(0, 255).to(xp.uint8)
-    return np.clip(x, 0, 255).astype(np.uint8)
-
-
-def _srgb_thresholds(mode: str) -> np.ndarray:
-    """Linear values at which the 8-bit sRGB code steps up: code = #{thresholds <= linear value}."""
+def _code_thresholds(transfer: str, mode: str) -> np.ndarray:
+    """Linear values at which the 8-bit code of the named encoding steps up: code = #{thresholds <= linear value}.
+    Code boundaries are (k + 0.5) / 255 for rounding (paper), (k + 1) / 255 for truncation (public code), taken back
+    to linear light in float64 through the encoding's exact inverse."""
     k = np.arange(255, dtype=np.float64)
     edges = (k + 0.5) / 255.0 if mode == "round" else (k + 1.0) / 255.0
-    return srgb_eotf(edges).astype(np.float32)
-
-
-_THRESHOLDS = {m: _srgb_thresholds(m) for m in ("round", "truncate")}
+    return np.asarray(transfer_eotf(transfer)(edges), np.float64).astype(np.float32)
 
 
 def _bucket_table(t: np.ndarray) -> np.ndarray:
     """Code at the start of every float32 bucket of equal top-16 bits (sign, exponent, 7 mantissa bits) in [0, 1]."""
     starts = (np.arange(1 << 16, dtype=np.uint32) << 16).view(np.float32)
     starts = np.where(np.isfinite(starts) & (starts >= 0), np.minimum(starts, 1.0), 0.0).astype(np.float32)
-    return np.searchsorted(t, starts, side="right").astype(np.uint8)
+    table = np.searchsorted(t, starts, side="right").astype(np.uint8)
+    ends = np.append(starts[1:], np.float32(1.0))
+    positive = (starts > 0) & (ends > starts)
+    inside = np.searchsorted(t, ends[positive], side="left") - table[positive]
+    if inside.max(initial=0) > 1:  # the one-comparison refinement below relies on this
+        raise AssertionError("two 8-bit code boundaries fall into one float32 bucket")
+    return table
 
 
-_BUCKETS = {m: _bucket_table(t) for m, t in _THRESHOLDS.items()}
-_NEXT = {m: np.append(t, np.float32(np.inf)).astype(np.float32) for m, t in _THRESHOLDS.items()}
+_TABLES = {}
 
 
-def linear_to_srgb8(lin, mode: str = "round"):
-    """sRGB OETF, clip to [0, 1] and 8-bit quantisation in one exact step: the code is the number of code
-    boundaries (pre-computed in linear light) at or below the value. A 65536-entry table indexed by the top 16 bits
-    of the float32 gives the code at the start of the value's bucket; a bucket is narrow enough (0.8%) that at most
-    one more boundary can fall inside it, which one comparison settles. Identical on numpy and torch."""
+def _tables(transfer: str, mode: str):
+    key = (transfer, mode)
+    if key not in _TABLES:
+        t = _code_thresholds(transfer, mode)
+        _TABLES[key] = (_bucket_table(t), np.append(t, np.float32(np.inf)).astype(np.float32))
+    return _TABLES[key]
+
+
+def linear_to_ldr8(lin, mode: str = "round", transfer: str = "srgb"):
+    """Encode (``transfer``: "srgb" OETF or "gamma2.2"), clip to [0, 1] and quantise to 8 bits in one exact step:
+    THE 8-bit quantiser of the toolkit. The code is the number of code boundaries (pre-computed in linear light,
+    float64) at or below the value. A 65536-entry table indexed by the top 16 bits of the float32 gives the code at
+    the start of the value's bucket; a bucket is narrow enough (0.8%) that at most one more boundary can fall inside
+    it (checked when the table is built), which one comparison settles. Identical on numpy and torch."""
     xp = _xp(lin)
+    buckets, nxt = _tables(transfer, mode)
     if xp.__name__ == "torch":
         x = lin.float().clamp(0.0, 1.0).contiguous()
-        table = xp.as_tensor(_BUCKETS[mode], device=x.device).long()
-        nxt = xp.as_tensor(_NEXT[mode], device=x.device)
+        table = xp.as_tensor(buckets, device=x.device).long()
+        nxt = xp.as_tensor(nxt, device=x.device)
         code = table[(x.view(xp.int32) >> 16).long()]
         return (code + (x >= nxt[code]).long()).to(xp.uint8)
     x = np.clip(lin, 0.0, 1.0).astype(np.float32, copy=False)
-    code = _BUCKETS[mode][x.view(np.uint32) >> 16]
-    code += x >= _NEXT[mode][code]
+    code = buckets[x.view(np.uint32) >> 16]
+    code += x >= nxt[code]
     return code
+
+
+def linear_to_srgb8(lin, mode: str = "round"):
+    """:func:`linear_to_ldr8` with the sRGB OETF (single-exposure LDR)."""
+    return linear_to_ldr8(lin, mode, "srgb")
 
 
 CHUNK_VALUES = 1 << 16  # numpy works on row blocks of about this many values (256 KB float32: cache-resident)

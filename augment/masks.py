@@ -14,6 +14,7 @@ import cv2
 import numpy as np
 
 from hdr.color import REC709_LUMA, _xp, luminance, srgb_eotf
+from hdr.color import TRANSFERS as COLOR_TRANSFERS
 
 TAU_HIGH, TAU_LOW, EMA_ALPHA = 0.95, 0.05, 0.7
 
@@ -34,10 +35,8 @@ def ema(masks, alpha: float = EMA_ALPHA):
     return xp.stack(out, 0)
 
 
-TRANSFERS = {  # LDR encoding -> linear light: sRGB frames (single exposure) and gamma-2.2 frames (alternating)
-    "srgb": srgb_eotf,
-    "gamma2.2": lambda v: _xp(v).clip(v, 0.0, 1.0) ** 2.2 if _xp(v).__name__ == "numpy" else v.clamp(0, 1) ** 2.2,
-}
+# LDR encoding -> linear light: sRGB frames (single exposure) and gamma-2.2 frames (alternating)
+TRANSFERS = {name: eotf for name, (_, eotf) in COLOR_TRANSFERS.items()}
 _CODES = np.arange(256, dtype=np.float64) / 255.0
 # Rec.709 luminance contribution of every 8-bit code, per channel: Y = T[0][r] + T[1][g] + T[2][b], exactly.
 _LUMA_OF_CODE = {name: np.stack([(f(_CODES) * w).astype(np.float32) for w in REC709_LUMA])

@@ -41,6 +41,35 @@ def srgb_eotf(encoded):
     return xp.where(x <= 0.04045, x / 12.92, ((x + 0.055) / 1.055) ** 2.4)
 
 
+# Alternating-exposure LDR frames (Chen et al. 2021; HDR-V-Diff eq. 1) are encoded with a pure power law.
+LDR_GAMMA = 2.2
+
+
+def gamma_oetf(linear, g: float = LDR_GAMMA):
+    """Linear [0, 1] -> x^(1/g) (input clipped to [0, 1])."""
+    return _clamp(linear, 0.0, 1.0) ** (1.0 / g)
+
+
+def gamma_eotf(encoded, g: float = LDR_GAMMA):
+    """Encoded [0, 1] -> x^g, the inverse of :func:`gamma_oetf` (input clipped to [0, 1])."""
+    return _clamp(encoded, 0.0, 1.0) ** g
+
+
+# The LDR encodings the toolkit writes, by name (aug.json records the name): (OETF linear -> encoded, EOTF back).
+TRANSFERS = {
+    "srgb": (srgb_oetf, srgb_eotf),
+    "gamma2.2": (gamma_oetf, gamma_eotf),
+}
+
+
+def transfer_eotf(name: str):
+    """The linearising function of a named LDR encoding (``"srgb"`` or ``"gamma2.2"``)."""
+    try:
+        return TRANSFERS[name][1]
+    except KeyError:
+        raise ValueError(f"unknown LDR transfer {name!r}; known: {', '.join(TRANSFERS)}") from None
+
+
 def _clamp(x, lo=None, hi=None):
     xp = _xp(x)
     if xp.__name__ == "numpy":
@@ -85,6 +114,15 @@ def reinhard(x):
     """Reinhard's global operator x / (1 + x), per channel, on linear values (display-referred [0, 1) out)."""
     x = _clamp(x, 0.0, None)
     return x / (1.0 + x)
+
+
+def reinhard_luminance(rgb, eps: float = 1e-6):
+    """Reinhard's global operator on luminance (Reinhard et al. 2002, eq. 3, L_d = L / (1 + L)): each pixel's RGB
+    (clipped at 0) is scaled by Y_d / (Y + eps), Y its Rec.709 luminance, so hue is kept and only luminance is
+    compressed (values can exceed 1 in saturated colours: clip for display)."""
+    rgb = _clamp(rgb, 0.0, None)
+    y = luminance(rgb)
+    return rgb * (y / (1.0 + y) / (y + eps))[..., None]
 
 
 # Reinhard et al. 2002, eq. 1-2: scale radiance so the log-average luminance lands on the key a (0.18, "middle grey").

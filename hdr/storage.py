@@ -8,6 +8,7 @@ under its final name.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import posixpath
@@ -30,6 +31,53 @@ def human_bytes(n: float) -> str:
             return f"{int(n)} B" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1000.0
     return f"{n:.1f} TB"
+
+
+def sha256_file(src, chunk: int = 1 << 22) -> str:
+    """SHA-256 (hex) of a local path or an open binary file object, read in chunks (hashlib releases the GIL).
+    The one file hash of the toolkit: manifests, HDRI records and run records all use it."""
+    if isinstance(src, (str, os.PathLike)):
+        with open(src, "rb", buffering=0) as f:
+            return hashlib.file_digest(f, "sha256").hexdigest()
+    if hasattr(src, "readinto"):
+        return hashlib.file_digest(src, "sha256").hexdigest()
+    h = hashlib.sha256()
+    for block in iter(lambda: src.read(chunk), b""):
+        h.update(block)
+    return h.hexdigest()
+
+
+@contextlib.contextmanager
+def atomic_path(dest: str | os.PathLike) -> Iterator[Path]:
+    """A temporary path beside local ``dest`` to write to; renamed onto ``dest`` when the block ends without an
+    error, removed otherwise. For writers that want a file name (``torch.save``, safetensors, OpenEXR)."""
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_name(f".{dest.name}.tmp-{uuid.uuid4().hex[:12]}")
+    try:
+        yield tmp
+        os.replace(tmp, dest)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def atomic_write_bytes(dest: str | os.PathLike, data: bytes, fsync: bool = True) -> None:
+    """Write ``data`` to local ``dest`` atomically (temp file beside it, fsync, rename)."""
+    with atomic_path(dest) as tmp:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            if fsync:
+                f.flush()
+                os.fsync(f.fileno())
+
+
+def atomic_write_text(dest: str | os.PathLike, text: str) -> None:
+    atomic_write_bytes(dest, text.encode("utf-8"))
+
+
+def atomic_write_json(dest: str | os.PathLike, obj, indent: int | None = 1) -> None:
+    atomic_write_text(dest, json.dumps(obj, indent=indent) + "\n")
 
 
 class UnsafePathError(ValueError):
@@ -101,6 +149,13 @@ class Store:
     def open(self, rel: str, mode: str = "rb"):
         return self.fs.open(self.path(rel), mode)
 
+    def sha256(self, rel: str) -> str:
+        """SHA-256 of a stored file (streamed; unbuffered reads on a local store)."""
+        if self.is_local:
+            return sha256_file(self.path(rel))
+        with self.open(rel) as f:
+            return sha256_file(f)
+
     def glob(self, pattern: str) -> list[str]:
         """Relative paths matching a glob (``*/*/clip.json``); works the same on object stores."""
         hits = self.fs.glob(self.path() + "/" + pattern)
@@ -165,13 +220,7 @@ class Store:
     def write_bytes(self, rel: str, data: bytes) -> None:
         dest = self.path(rel)
         if self.is_local:
-            Path(dest).parent.mkdir(parents=True, exist_ok=True)
-            tmp = f"{dest}.tmp-{uuid.uuid4().hex}"
-            with open(tmp, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, dest)
+            atomic_write_bytes(dest, data)
         else:
             self.fs.pipe_file(dest, data)
 

@@ -30,7 +30,7 @@ from tqdm import tqdm
 
 import hdr
 from hdr.seeding import derive_seed
-from hdr.storage import Store, UnsafePathError
+from hdr.storage import Store, UnsafePathError, sha256_file
 from manifests.paths import (MANIFEST_DIR, ManifestError, check_inside, check_name, list_versions, real_root,
                              version_files, version_name)
 from manifests.records import ARROW_SCHEMA, FILE_HASH, SCHEMA_ID, SPLITS
@@ -278,23 +278,8 @@ def scan_clip(store: Store, hdri_id: str, clip_id: str, root_real: str | None) -
 
 
 # hashing ---------------------------------------------------------------------------------------------------------
-def hash_file(store: Store, rel: str, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with (open(store.path(rel), "rb", buffering=0) if store.is_local else store.open(rel)) as f:
-        buf = bytearray(chunk)
-        view = memoryview(buf)
-        while True:
-            n = f.readinto(view) if hasattr(f, "readinto") else None
-            if n is None:  # a stream without readinto
-                data = f.read(chunk)
-                if not data:
-                    break
-                h.update(data)
-                continue
-            if not n:
-                break
-            h.update(view[:n])
-    return h.hexdigest()
+def hash_file(store: Store, rel: str) -> str:
+    return store.sha256(rel)
 
 
 def hash_files(store: Store, entries: list[FileEntry], threads: int | None = None, desc: str = "hash",
@@ -495,8 +480,7 @@ def publish_table(store: Store, version: str, table: pa.Table, record: dict) -> 
     try:
         tmp = scratch / f"{version}.parquet"
         pq.write_table(table, tmp, compression="zstd")
-        with open(tmp, "rb") as f:
-            digest = hashlib.file_digest(f, "sha256").hexdigest()
+        digest = sha256_file(tmp)
         if store.is_local:  # no-clobber publish: a hard link fails if the name exists
             dest = store.path(prel)
             Path(dest).parent.mkdir(parents=True, exist_ok=True)

@@ -16,7 +16,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from augment.alternating import alternating_evs, alternating_ldr
+from augment.alternating import GAMMA, alternating_evs, alternating_ldr
+from augment.alternating import TRANSFER as ALT_TRANSFER
 from augment.degrade import PRESETS, degrade, sample_params
 from augment.masks import exposure_masks
 from hdr.io import decode_ldr, read_image
@@ -103,10 +104,10 @@ class ClipWindowDataset(torch.utils.data.Dataset):
                 n = int(self.aug_kind[3:])
                 evs = alternating_evs(self.window, n, start=t0)  # the clip's EV cycle, from frame t0
                 ldr8, exposures = alternating_ldr(hdr, evs, p)
-                params["alternating"] = {"n_exposures": n, "ev": evs, "exposure": exposures, "gamma": 2.2}
+                params["alternating"] = {"n_exposures": n, "ev": evs, "exposure": exposures, "gamma": GAMMA}
             single = self.aug_kind == "single"  # as augment.run writes them: the preset's masks; paper masks on gamma 2.2
             over, under = exposure_masks(ldr8, PRESETS[self.preset].mask_mode if single else "paper",
-                                         "srgb" if single else "gamma2.2")
+                                         "srgb" if single else ALT_TRANSFER)
         return {
             "hdr": torch.from_numpy(np.ascontiguousarray(hdr.transpose(0, 3, 1, 2))),
             "ldr": torch.from_numpy(np.ascontiguousarray(ldr8.transpose(0, 3, 1, 2))).float() / 255.0,

@@ -9,7 +9,7 @@ import torch
 
 from augment.alternating import EXPOSURE_SETS, alternating_evs, alternating_ldr, network_input
 from augment.degrade import (PRESETS, Params, ar1_field, camera_noise, degrade, degrade_torch, exposure_shift,
-                             linear_to_srgb8, quantize8, sample_params, visible_noise_8bit)
+                             linear_to_ldr8, linear_to_srgb8, sample_params, visible_noise_8bit)
 from augment.masks import ema, exposure_masks_paper
 from hdr.color import log_gamma, log_gamma_inverse, mu_law, mu_law_inverse, reinhard, srgb_eotf, srgb_oetf
 
@@ -63,23 +63,34 @@ def test_exposure_shift_scales_by_two_to_delta():
     np.testing.assert_allclose(lin, hdr * 2**1.5, rtol=1e-6)
 
 
+def _reference8(encoded, mode):
+    """The 8-bit quantiser written out in float64: round (paper) or truncate (public code)."""
+    x = np.clip(np.asarray(encoded, np.float64), 0, 1) * 255.0
+    return (np.floor(x + 0.5) if mode == "round" else np.floor(x)).astype(np.uint8)
+
+
 def test_quantisation_levels_and_modes():
+    from hdr.color import gamma_oetf
+
     x = np.linspace(-0.1, 1.2, 100000, dtype=np.float32)
     for mode in ("round", "truncate"):
-        q = quantize8(np.clip(x, 0, 1), mode)
-        assert q.dtype == np.uint8 and len(np.unique(q)) <= 256 and q.min() == 0 and q.max() == 255
-    assert quantize8(np.array([0.4 / 255, 0.6 / 255, 254.6 / 255]), "round").tolist() == [0, 1, 255]
-    assert quantize8(np.array([0.4 / 255, 0.6 / 255, 254.6 / 255]), "truncate").tolist() == [0, 0, 254]
+        for transfer in ("srgb", "gamma2.2"):
+            q = linear_to_ldr8(x, mode, transfer)
+            assert q.dtype == np.uint8 and len(np.unique(q)) == 256 and q.min() == 0 and q.max() == 255
+    codes = np.array([0.4 / 255, 0.6 / 255, 254.6 / 255]) ** 2.2  # gamma-encoded 0.4, 0.6, 254.6 code units
+    assert linear_to_ldr8(codes.astype(np.float32), "round", "gamma2.2").tolist() == [0, 1, 255]
+    assert linear_to_ldr8(codes.astype(np.float32), "truncate", "gamma2.2").tolist() == [0, 0, 254]
     hdr = np.random.default_rng(1).random((3, 16, 16, 3)).astype(np.float32) * 4
-    u8, _ = degrade(hdr, _params(), return_linear=True)
+    u8, lin = degrade(hdr, _params(), return_linear=True)
     assert u8.dtype == np.uint8 and u8.shape == hdr.shape
-    ref = quantize8(np.clip(srgb_oetf(_.astype(np.float64)), 0, 1), "round")
-    assert (u8 == ref).mean() > 0.999 and np.abs(u8.astype(int) - ref).max() <= 1  # float rounding at code edges
-    for mode in ("round", "truncate"):  # the threshold form is the OETF + quantiser, exactly, away from edges
+    np.testing.assert_array_equal(u8, linear_to_srgb8(lin))
+    for mode in ("round", "truncate"):  # the threshold form is the encoding + quantiser, exactly, away from edges
         x = np.linspace(0, 1.5, 200001, dtype=np.float64)
-        fast = linear_to_srgb8(x.astype(np.float32), mode)
-        slow = quantize8(np.clip(srgb_oetf(x), 0, 1), mode)
-        assert (fast != slow).sum() <= 5
+        for transfer, enc in (("srgb", srgb_oetf), ("gamma2.2", gamma_oetf)):
+            fast = linear_to_ldr8(x.astype(np.float32), mode, transfer)
+            slow = _reference8(enc(x.astype(np.float32).astype(np.float64)), mode)
+            assert (fast != slow).sum() <= 5, (mode, transfer)
+            assert np.abs(fast.astype(int) - slow).max() <= 1
 
 
 def test_masks_match_thresholds_and_the_ema_recursion():
@@ -167,15 +178,18 @@ def test_colour_mappings_round_trip():
 
 
 def test_bucket_table_never_skips_a_code_boundary():
-    from augment.degrade import _BUCKETS, _THRESHOLDS
+    from augment.degrade import _code_thresholds, _tables
 
-    for mode, table in _BUCKETS.items():
-        # buckets of non-negative floats up to 1.0 are indices 0 .. 0x3F80; codes step by at most one per bucket
-        steps = np.diff(table[: 0x3F81].astype(int))
-        assert steps.min() >= 0 and steps.max() <= 1, mode
-        x = np.concatenate([_THRESHOLDS[mode], np.nextafter(_THRESHOLDS[mode], 0, dtype=np.float32)])
-        np.testing.assert_array_equal(linear_to_srgb8(x, mode),
-                                      np.searchsorted(_THRESHOLDS[mode], x, side="right").astype(np.uint8))
+    for mode in ("round", "truncate"):
+        for transfer in ("srgb", "gamma2.2"):
+            table, _ = _tables(transfer, mode)
+            # buckets of non-negative floats up to 1.0 are indices 0 .. 0x3F80; codes step by at most one per bucket
+            steps = np.diff(table[: 0x3F81].astype(int))
+            assert steps.min() >= 0 and steps.max() <= 1, mode
+            t = _code_thresholds(transfer, mode)
+            x = np.concatenate([t, np.nextafter(t, 0, dtype=np.float32)])
+            np.testing.assert_array_equal(linear_to_ldr8(x, mode, transfer),
+                                          np.searchsorted(t, x, side="right").astype(np.uint8))
 
 
 def _code_params(seed=5, **kw):

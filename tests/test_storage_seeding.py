@@ -6,7 +6,10 @@ import pytest
 
 from hdr.color import luminance, srgb_eotf, srgb_oetf
 from hdr.seeding import derive_seed, rng
-from hdr.storage import Store, UnsafePathError, check_rel
+import hashlib
+import io
+
+from hdr.storage import Store, UnsafePathError, atomic_path, atomic_write_json, check_rel, sha256_file
 
 
 @pytest.mark.parametrize("url", ["local", "memory://bucket/root"])
@@ -29,6 +32,24 @@ def test_publish_write_find(tmp_path, url):
     assert not store.exists("h/c/clip.json")
     if url == "local":  # no temp files left next to the published ones
         assert not list((tmp_path / "root").rglob("*.tmp-*"))
+
+
+def test_sha256_file_and_atomic_writes(tmp_path):
+    data = bytes(range(256)) * 5000
+    (tmp_path / "a.bin").write_bytes(data)
+    want = hashlib.sha256(data).hexdigest()
+    assert sha256_file(tmp_path / "a.bin") == want == sha256_file(io.BytesIO(data))
+    assert Store(tmp_path).sha256("a.bin") == want
+    store = Store("memory://bucket/h")
+    store.write_bytes("x/a.bin", data)
+    assert store.sha256("x/a.bin") == want
+    atomic_write_json(tmp_path / "d" / "r.json", {"k": 1})
+    assert (tmp_path / "d" / "r.json").read_text() == '{\n "k": 1\n}\n'
+    with pytest.raises(RuntimeError):  # a failed write leaves neither the destination nor a temp file
+        with atomic_path(tmp_path / "d" / "f.bin") as tmp:
+            tmp.write_bytes(b"half")
+            raise RuntimeError("writer died")
+    assert sorted(p.name for p in (tmp_path / "d").iterdir()) == ["r.json"]
 
 
 def test_unsafe_paths_are_rejected():
