@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 from hdr.color import REINHARD_KEY, luminance, reinhard_display
 from hdr.io import LdrImageError, decode_ldr, read_image, write_png
-from hdr.storage import human_bytes
+from hdr.storage import atomic_write_text, human_bytes
 from manifests.manifest import Manifest
 from manifests.records import ClipRecord
 
@@ -224,9 +224,7 @@ def write_report(m: Manifest, out: str | None = None, thumb_width: int = 160, pr
                  f"<code>python -m manifests report {e(m.version)}</code>.</p>")
     parts.append(f"<script>{JS}</script></body></html>")
     index = out_dir / "index.html"
-    tmp = out_dir / f".index.html.tmp-{os.getpid()}"
-    tmp.write_text("\n".join(parts), encoding="utf-8")
-    os.replace(tmp, index)
-    (out_dir / "report.json").write_text(json.dumps({"version": m.version, "root_hash": m.root_hash,
-                                                     "clips": len(clips)}) + "\n")
+    atomic_write_text(index, "\n".join(parts))
+    atomic_write_text(out_dir / "report.json", json.dumps({"version": m.version, "root_hash": m.root_hash,
+                                                            "clips": len(clips)}) + "\n")
     return str(index)
