@@ -24,8 +24,7 @@ from pathlib import Path
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from evaluate.metrics import psnr  # noqa: E402
-from hdr.color import mu_law  # noqa: E402
+from evaluate.metrics import psnr_t_frame  # noqa: E402
 from hdr.io import read_image  # noqa: E402
 from hdr.storage import Store  # noqa: E402
 from render import layout  # noqa: E402
@@ -57,10 +56,10 @@ def measure(width, height, samples, frames, threads, half=False, hdri="sunrise.e
         shutil.rmtree(out, ignore_errors=True)
 
 
-def mu_psnr(ref, test, mu=5000.0) -> float:
-    """mu-law PSNR (evaluate.metrics.psnr, capped at 100 dB) with both frames normalised by the same maximum."""
-    m = max(float(ref.max()), float(test.max()))
-    return psnr(mu_law(ref / m, mu), mu_law(test / m, mu))
+def mu_psnr(ref, test) -> float:
+    """PSNR_T exactly as the evaluation computes it (``evaluate.metrics.psnr_t_frame``: mu-law, mu = 5000, both
+    frames divided by the reference's maximum, the test frame clipped to [0, 1], capped at 100 dB)."""
+    return psnr_t_frame(test, ref)
 
 
 def equal_quality(frames: int, threads: int, hdri: str, program: str) -> None:

@@ -1,9 +1,10 @@
 """Evaluation of HDR video predictions (issue #9).
 
-* :mod:`evaluate.metrics` -- PSNR_T / SSIM_T (mu-law, mu = 5000), PSNR-L, PU21-PSNR, temporal stability, on numpy
-  arrays or torch tensors; the normalisation, the PSNR cap and the cd/m^2 mapping are documented there.
+* :mod:`evaluate.metrics` -- PSNR_T / SSIM_T (mu-law, mu = 5000), PSNR-L, PU21-PSNR, temporal stability, PU21-PIQE,
+  on numpy arrays or torch tensors; the normalisation, the PSNR cap, the cd/m^2 anchor and the CLIP-IQA/MUSIQ
+  tonemap are documented there.
 * :mod:`evaluate.vdp` -- FovVideoVDP (pyfvvdp) and ColorVideoVDP (pycvvdp), offline, importable in one process.
-* :mod:`evaluate.perceptual` -- LPIPS / CLIP-IQA from local weights only (MUSIQ: unavailable, named).
+* :mod:`evaluate.perceptual` -- LPIPS / CLIP-IQA / MUSIQ (through a user-installed pyiqa) from local weights only.
 * :mod:`evaluate.run` -- ``python -m evaluate.run --manifest M --split test --predictions DIR --out OUT`` (or
   ``--reference GT_DIR``): metrics.json, metrics.md, PNG plots.
 * :mod:`evaluate.mapping` -- ``python -m evaluate.mapping --manifest M --vae PATH``: DiffHDR Table 4.

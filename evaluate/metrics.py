@@ -25,11 +25,24 @@ HDR-V-Diff §4 -- and documented in the README):
   would themselves flicker). Flicker that the ground truth does not have raises it; a perfect prediction, or on
   a static shot any prediction whose error does not change over time, scores 0. No optical flow is needed: both
   sequences share the camera motion (the metric is blind to errors that move exactly with the content).
-* **Absolute luminance** (PU21, FovVideoVDP, ColorVideoVDP): scene-linear radiance has no absolute scale, so a clip is
-  mapped to cd/m^2 by one factor k taken from its ground truth: the 99.9th percentile of the clip's Rec.709
-  luminance is mapped to ``peak_nits`` (default 1000 cd/m^2, the convention of the public DiffHDR evaluation code),
-  and the prediction is scaled by the same k. A fixed factor (``nits_per_unit``, e.g. 100 = SDR reference white)
-  can be given instead.
+* **Absolute luminance** (PU21, PU21-PIQE, FovVideoVDP, ColorVideoVDP): scene-linear radiance has no absolute scale,
+  so a clip is mapped to cd/m^2 by one factor k = ``peak_nits`` / A (default 1000 cd/m^2), the prediction scaled by
+  the same k. The anchor A (:func:`anchor_luminance`, Rec.709 luminance of the frames clipped at 0) is, with
+  ``anchor="per-frame"`` (the default, the public DiffHDR evaluation code's ``eval/cal_metrics.py``), the MEAN over
+  frames of each frame's 99.9th percentile; with ``anchor="clip"`` one 99.9th percentile of all the clip's pixels.
+  They differ when the highlight is in only some frames (a zoom onto the sun). A fixed factor (``nits_per_unit``,
+  e.g. 100 = SDR reference white) can be given instead. An all-black anchor gives k = 1.
+* **IQA tonemap** (CLIP-IQA, MUSIQ; :func:`iqa_tonemap`): ``"public"`` (default) is the public evaluation's rule, per
+  frame: if 0 < P99.9(Y) < 1 the frame is only rescaled by 1 / P99.9(Y) (no compression); otherwise luminance
+  Reinhard (``hdr.color.reinhard_luminance``); then clip to [0, 1] and the sRGB OETF. A frame whose P99.9 is below 1
+  therefore scores the same at any absolute scale. ``"per-channel"`` is this toolkit's earlier reading of the
+  paper's "Reinhard": ``x / (1 + x)`` per channel on the raw radiance (scale-dependent).
+* **PU21-PIQE** (:func:`pu21_piqe`, no reference, lower is better): as the public code, per frame: Rec.709 luminance of
+  the frame in cd/m^2 (factor k from the anchor of the SCORED frames themselves by default, since the metric has no
+  reference; or from the ground truth), PU21 ``banding_glare``, negative values to 0, divided by 600 and clipped to
+  [0, 1] (the public mapping into the PIQE input range), then PIQE (Venkatanath et al. 2015) through ``pypiqe`` (the
+  MATLAB ``piqe`` port; the public code calls pyiqa's port of the same MATLAB algorithm, not compared numerically
+  here, which pads frames whose sides are not multiples of 16 differently). Mean over frames.
 """
 from __future__ import annotations
 
@@ -38,12 +51,19 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from hdr.color import PU21_PEAK, luminance, mu_law, pu21_encode
+from hdr.color import (MU_LAW_MU, PU21_PEAK, luminance, mu_law, pu21_encode, reinhard_per_channel, reinhard_luminance,
+                       srgb_oetf)
 
 PSNR_CAP_DB = 100.0
-MU = 5000.0
 DEFAULT_PEAK_NITS = 1000.0
 DEFAULT_ANCHOR_PERCENTILE = 99.9
+ANCHORS = ("per-frame", "clip")  # per-frame: the public DiffHDR evaluation code
+DEFAULT_ANCHOR = "per-frame"
+IQA_TONEMAPS = ("public", "per-channel")  # public: the public DiffHDR evaluation code
+DEFAULT_IQA_TONEMAP = "public"
+IQA_RESCALE_PERCENTILE = 99.9  # the public rule: rescale instead of Reinhard when P99.9(Y) < 1
+PU21_PIQE_DIVISOR = 600.0  # public code: PIQE input = clip(max(PU21(Y), 0) / 600, 0, 1)
+PIQE_UNIFORM = 100.0  # PIQE's score for a uniform (e.g. all-black) image
 
 
 @dataclass(frozen=True)
@@ -64,8 +84,10 @@ METRICS: dict[str, MetricInfo] = {m.name: m for m in (
     MetricInfo("fvvdp", "JOD", True, "FovVideoVDP (pyfvvdp), 10 = no visible difference"),
     MetricInfo("cvvdp", "JOD", True, "ColorVideoVDP (pycvvdp), 10 = no visible difference"),
     MetricInfo("lpips", "", False, "LPIPS (AlexNet, local weights) on the mu-law tonemapped frames"),
-    MetricInfo("clipiqa", "", True, "CLIP-IQA (no reference, local CLIP) of the Reinhard-tonemapped prediction"),
-    MetricInfo("musiq", "", True, "MUSIQ (no reference); needs pyiqa and local weights"),
+    MetricInfo("pu21_piqe", "", False, "PIQE (pypiqe, no reference; 0 best, 100 worst) of the PU21-encoded luminance"
+               " of the prediction"),
+    MetricInfo("clipiqa", "", True, "CLIP-IQA (no reference, local CLIP) of the tonemapped prediction (iqa_tonemap)"),
+    MetricInfo("musiq", "", True, "MUSIQ (no reference; pyiqa, local weights) of the tonemapped prediction"),
 )}
 CORE_METRICS = ("psnr_t", "ssim_t", "psnr_l", "psnr_pu21", "temporal_t")
 
@@ -115,19 +137,19 @@ def normalise(pred_frame: np.ndarray, gt_frame: np.ndarray, scale: float | None 
     return np.clip(pred_frame / s, 0.0, 1.0), np.clip(gt_frame / s, 0.0, 1.0)
 
 
-def tonemap_pair(pred_frame, gt_frame, mu: float = MU, scale: float | None = None):
+def tonemap_pair(pred_frame, gt_frame, mu: float = MU_LAW_MU, scale: float | None = None):
     """mu-law tonemapped (prediction, ground truth), normalised as in :func:`normalise`."""
     p, g = normalise(pred_frame, gt_frame, scale)
     return mu_law(p, mu), mu_law(g, mu)
 
 
 # ---------------------------------------------------------------------------------------------------- frame metrics
-def psnr_t_frame(pred_frame, gt_frame, mu: float = MU) -> float:
+def psnr_t_frame(pred_frame, gt_frame, mu: float = MU_LAW_MU) -> float:
     p, g = tonemap_pair(pred_frame, gt_frame, mu)
     return psnr(p, g)
 
 
-def ssim_t_frame(pred_frame, gt_frame, mu: float = MU) -> float:
+def ssim_t_frame(pred_frame, gt_frame, mu: float = MU_LAW_MU) -> float:
     from skimage.metrics import structural_similarity
 
     p, g = tonemap_pair(pred_frame, gt_frame, mu)
@@ -149,18 +171,71 @@ def psnr_pu21_frame(pred_nits, gt_nits) -> float:
 
 
 # ---------------------------------------------------------------------------------------------------- clip metrics
+def anchor_luminance(x, percentile: float = DEFAULT_ANCHOR_PERCENTILE, anchor: str = DEFAULT_ANCHOR,
+                     dim_order: str = "THWC") -> float:
+    """The anchor A of a clip (see the module docstring): ``per-frame`` = mean over frames of P_percentile(Y_t),
+    ``clip`` = P_percentile over all pixels of the clip; Y = Rec.709 luminance of the frames clipped at 0."""
+    if anchor not in ANCHORS:
+        raise ValueError(f"anchor must be one of {', '.join(ANCHORS)}, not {anchor!r}")
+    x = as_numpy(x, dim_order)
+    ys = [luminance(np.clip(f, 0.0, None)) for f in (x[None] if x.ndim == 3 else x)]  # one frame at a time
+    if anchor == "clip":
+        return float(np.percentile(np.stack(ys), percentile))
+    return float(np.mean([np.percentile(y, percentile) for y in ys]))
+
+
 def nits_scale(gt, peak_nits: float = DEFAULT_PEAK_NITS, percentile: float = DEFAULT_ANCHOR_PERCENTILE,
-               nits_per_unit: float | None = None, dim_order: str = "THWC") -> float:
+               nits_per_unit: float | None = None, dim_order: str = "THWC", anchor: str = DEFAULT_ANCHOR) -> float:
     """The factor k (cd/m^2 per radiance unit) for a clip: ``nits_per_unit`` if given, else
-    ``peak_nits / P_percentile(Rec.709 luminance of the ground-truth clip)`` (1.0 for an all-black clip)."""
+    ``peak_nits / anchor_luminance(gt, percentile, anchor)`` (1.0 for an all-black clip)."""
     if nits_per_unit is not None:
         return float(nits_per_unit)
-    y = luminance(as_numpy(gt, dim_order))
-    p = float(np.percentile(y, percentile))
+    p = anchor_luminance(gt, percentile, anchor, dim_order)
     return float(peak_nits / p) if p > 0 else 1.0
 
 
-def temporal_t(pred, gt, mu: float = MU, dim_order: str = "THWC") -> float:
+def iqa_tonemap(frame, mode: str = DEFAULT_IQA_TONEMAP) -> np.ndarray:
+    """One linear frame ``(H, W, 3)`` -> the sRGB [0, 1] float32 image that CLIP-IQA / MUSIQ score (see the module
+    docstring). ``public``: rescale by 1 / P99.9(Y) when 0 < P99.9(Y) < 1, else ``reinhard_luminance``; ``per-channel``:
+    ``reinhard_per_channel`` per channel. Either way clipped to [0, 1] before the sRGB OETF."""
+    if mode not in IQA_TONEMAPS:
+        raise ValueError(f"iqa tonemap must be one of {', '.join(IQA_TONEMAPS)}, not {mode!r}")
+    x = np.clip(np.asarray(frame, np.float64), 0.0, None)
+    if mode == "per-channel":
+        lin = reinhard_per_channel(x)
+    else:
+        p = float(np.percentile(luminance(x), IQA_RESCALE_PERCENTILE))
+        lin = x / p if 0.0 < p < 1.0 else reinhard_luminance(x)
+    return np.clip(srgb_oetf(np.clip(lin, 0.0, 1.0)), 0.0, 1.0).astype(np.float32)
+
+
+def pu21_piqe_input(nits_frame) -> np.ndarray:
+    """The public code's PIQE input for one frame in cd/m^2: ``clip(max(PU21(Y), 0) / 600, 0, 1)``, (H, W) float32."""
+    v = np.maximum(pu21_encode(luminance(np.clip(np.asarray(nits_frame, np.float64), 0.0, None))), 0.0)
+    return np.clip(v / PU21_PIQE_DIVISOR, 0.0, 1.0).astype(np.float32)
+
+
+def piqe_score(gray01) -> float:
+    """PIQE (Venkatanath et al. 2015; 0 best, 100 worst) of one grey image through ``pypiqe``; a uniform image scores
+    :data:`PIQE_UNIFORM`, as PIQE defines it. ``ImportError`` with a one-line hint when pypiqe is absent."""
+    g = np.asarray(gray01, np.float32)
+    if not g.size or float(g.max()) <= float(g.min()):
+        return PIQE_UNIFORM
+    try:
+        from pypiqe import piqe
+    except ImportError:
+        raise ImportError("pu21_piqe needs pypiqe (pip install 'hdr-video-toolkit[evaluate]')") from None
+    return float(piqe(g)[0])
+
+
+def pu21_piqe(frames, k: float, dim_order: str = "THWC") -> float:
+    """Mean PU21-PIQE over the frames of a clip of linear radiance, mapped to cd/m^2 by the factor ``k``."""
+    x = as_numpy(frames, dim_order)
+    x = x[None] if x.ndim == 3 else x
+    return float(np.mean([piqe_score(pu21_piqe_input(f * k)) for f in x]))
+
+
+def temporal_t(pred, gt, mu: float = MU_LAW_MU, dim_order: str = "THWC") -> float:
     """Temporal instability (lower is better; 0 = the prediction changes exactly as the ground truth does). NaN for
     a single frame. See the module docstring."""
     p, g = _clip(pred, gt, dim_order)
@@ -185,9 +260,9 @@ def dynamic_range_stops(gt, dim_order: str = "THWC") -> float | None:
     return radiance_stats(luminance(as_numpy(gt, dim_order)))["dynamic_range_stops"]
 
 
-def clip_metrics(pred, gt, metrics=CORE_METRICS, *, mu: float = MU, peak_nits: float = DEFAULT_PEAK_NITS,
+def clip_metrics(pred, gt, metrics=CORE_METRICS, *, mu: float = MU_LAW_MU, peak_nits: float = DEFAULT_PEAK_NITS,
                  percentile: float = DEFAULT_ANCHOR_PERCENTILE, nits_per_unit: float | None = None,
-                 dim_order: str = "THWC") -> dict[str, float]:
+                 dim_order: str = "THWC", anchor: str = DEFAULT_ANCHOR) -> dict[str, float]:
     """The core metrics of one clip (frame metrics averaged over frames). ``metrics`` selects from
     :data:`CORE_METRICS`; VDP and learned metrics live in :mod:`evaluate.vdp` / :mod:`evaluate.perceptual`."""
     unknown = set(metrics) - set(CORE_METRICS)
@@ -201,7 +276,7 @@ def clip_metrics(pred, gt, metrics=CORE_METRICS, *, mu: float = MU, peak_nits: f
         if name in metrics:
             out[name] = float(np.mean([per_frame[name](a, b) for a, b in zip(p, g)]))
     if "psnr_pu21" in metrics:
-        k = nits_scale(g, peak_nits, percentile, nits_per_unit)
+        k = nits_scale(g, peak_nits, percentile, nits_per_unit, anchor=anchor)
         out["psnr_pu21"] = float(np.mean([psnr_pu21_frame(a * k, b * k) for a, b in zip(p, g)]))
     if "temporal_t" in metrics:
         out["temporal_t"] = temporal_t(p, g, mu)

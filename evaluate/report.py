@@ -49,6 +49,7 @@ def markdown(result: dict) -> str:
     if s.get("vdp"):
         lines.append("")
         lines.append("VDP: " + "; ".join(f"{k}: {v['package']} {v['version']}, display `{v['display']}`"
+                                         + (f", photometry {v['photometry']}" if v.get("photometry") else "")
                                          for k, v in s["vdp"].items()) + f", {s['fps']:g} fps.")
     for name, why in result.get("unavailable", {}).items():
         lines.append(f"\n*{why}*")

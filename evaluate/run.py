@@ -28,14 +28,15 @@ from tqdm import tqdm
 from evaluate import metrics as M
 from evaluate.clips import ClipPair, clips_from_manifest, clips_from_reference, pair_predictions, read_clip
 from evaluate.perceptual import ClipIqa, Lpips, MetricUnavailable, Musiq
-from evaluate.vdp import DEFAULT_DISPLAY, DEFAULT_FPS, VideoVDP
-from hdr.color import reinhard, srgb_oetf
+from evaluate.vdp import DEFAULT_DISPLAY, DEFAULT_FPS, MODES, PHOTOMETRIES, VideoVDP
+from hdr.color import MU_LAW_MU
 from hdr.io import HdrImageError
 from hdr.storage import Store
 
 SCHEMA = "hdr-toolkit/evaluate/1"
-DEFAULT_METRICS = M.CORE_METRICS + ("fvvdp", "cvvdp")
+DEFAULT_METRICS = M.CORE_METRICS + ("pu21_piqe", "fvvdp", "cvvdp")
 VDP_KINDS = ("fvvdp", "cvvdp")
+PIQE_ANCHORS = ("prediction", "reference")  # prediction: the public code (PU21-PIQE is a no-reference metric)
 CHUNK = 8  # frames per LPIPS / CLIP-IQA batch
 
 
@@ -46,10 +47,15 @@ class EvalConflict(RuntimeError):
 @dataclass
 class EvalSettings:
     metrics: tuple[str, ...] = DEFAULT_METRICS
-    mu: float = M.MU
+    mu: float = MU_LAW_MU
     peak_nits: float = M.DEFAULT_PEAK_NITS
     anchor_percentile: float = M.DEFAULT_ANCHOR_PERCENTILE
+    anchor: str = M.DEFAULT_ANCHOR  # per-frame (public DiffHDR evaluation) | clip
     nits_per_unit: float | None = None
+    iqa_tonemap: str = M.DEFAULT_IQA_TONEMAP  # public | per-channel (CLIP-IQA, MUSIQ input)
+    piqe_anchor: str = "prediction"  # prediction (public) | reference: whose anchor maps PU21-PIQE's input to cd/m^2
+    vdp_photometry: str = "absolute"  # absolute (public: FovVideoVDP clamps at peak_nits) | display
+    vdp_mode: str = "video"  # video (the paper; the public code's intent) | framewise (what the public code computes)
     display: str = DEFAULT_DISPLAY
     fps: float = DEFAULT_FPS
     device: str = "cpu"
@@ -61,6 +67,12 @@ class EvalSettings:
         unknown = [m for m in self.metrics if m not in M.METRICS]
         if unknown:
             raise ValueError(f"unknown metrics {unknown}; known: {', '.join(M.METRICS)}")
+        for name, value, allowed in (("anchor", self.anchor, M.ANCHORS), ("iqa_tonemap", self.iqa_tonemap,
+                                     M.IQA_TONEMAPS), ("piqe_anchor", self.piqe_anchor, PIQE_ANCHORS),
+                                     ("vdp_photometry", self.vdp_photometry, PHOTOMETRIES),
+                                     ("vdp_mode", self.vdp_mode, MODES)):
+            if value not in allowed:
+                raise ValueError(f"{name} must be one of {', '.join(allowed)}, not {value!r}")
 
     def describe(self) -> dict:
         d = asdict(self)
@@ -69,9 +81,17 @@ class EvalSettings:
         d["normalisation"] = ("per frame, GT / max(GT) and prediction / the same factor, clipped to [0, 1]; "
                               "mu-law mu=%g for PSNR_T/SSIM_T; one factor per clip (GT clip max) for temporal_t"
                               % self.mu)
+        how = ("the mean over frames of each frame's" if self.anchor == "per-frame" else "the clip-wide")
         d["luminance_mapping"] = (f"{self.nits_per_unit:g} cd/m^2 per radiance unit" if self.nits_per_unit else
-                                  f"per clip, the P{self.anchor_percentile:g} of GT Rec.709 luminance -> "
-                                  f"{self.peak_nits:g} cd/m^2, prediction scaled by the same factor")
+                                  f"per clip, {how} P{self.anchor_percentile:g} of GT Rec.709 luminance -> "
+                                  f"{self.peak_nits:g} cd/m^2, prediction scaled by the same factor "
+                                  f"(anchor={self.anchor})")
+        d["iqa_tonemap_rule"] = ("per frame: rescale by 1/P99.9(Y) if 0 < P99.9(Y) < 1, else luminance Reinhard "
+                                 "Y/(1+Y); clip [0, 1]; sRGB OETF" if self.iqa_tonemap == "public" else
+                                 "x/(1+x) per channel on raw radiance; clip [0, 1]; sRGB OETF")
+        d["pu21_piqe_rule"] = (f"prediction x k (k from the {self.piqe_anchor}'s anchor, as above), Rec.709 "
+                               f"luminance, PU21 banding_glare, max(., 0) / {M.PU21_PIQE_DIVISOR:g} clipped to [0, 1], "
+                               "PIQE (pypiqe); mean over frames")
         return d
 
 
@@ -85,8 +105,10 @@ class Evaluator:
     def __init__(self, settings: EvalSettings):
         self.s = settings
         self.unavailable: dict[str, str] = {}
-        self.vdp: dict[str, VideoVDP] = {k: VideoVDP(k, settings.display, settings.device)
+        self.vdp: dict[str, VideoVDP] = {k: VideoVDP(k, settings.display, settings.device, settings.vdp_photometry,
+                                                     settings.peak_nits, settings.vdp_mode)
                                          for k in VDP_KINDS if k in settings.metrics}
+        self.piqe = self._optional("pu21_piqe", _piqe_source)
         self.lpips = self._optional("lpips", lambda: Lpips(settings.lpips_weights, settings.device))
         self.clipiqa = self._optional("clipiqa", lambda: ClipIqa(settings.clipiqa_model, settings.device))
         self.musiq = self._optional("musiq", lambda: Musiq(settings.musiq_weights, settings.device))
@@ -111,14 +133,22 @@ class Evaluator:
             d["clipiqa_source"] = self.clipiqa.source
         if self.musiq:
             d["musiq_source"] = self.musiq.source
+        if self.piqe:
+            d["pu21_piqe_source"] = self.piqe
         return d
 
     def score(self, pred: np.ndarray, gt: np.ndarray) -> dict:
         """All selected metrics of one clip ``(T, H, W, 3)``: {"metrics", "nits_scale", "dynamic_range_stops"}."""
         s = self.s
         vals = M.clip_metrics(pred, gt, self.core, mu=s.mu, peak_nits=s.peak_nits, percentile=s.anchor_percentile,
-                              nits_per_unit=s.nits_per_unit)
-        k = M.nits_scale(gt, s.peak_nits, s.anchor_percentile, s.nits_per_unit)
+                              nits_per_unit=s.nits_per_unit, anchor=s.anchor)
+        k = M.nits_scale(gt, s.peak_nits, s.anchor_percentile, s.nits_per_unit, anchor=s.anchor)
+        extra = {}
+        if self.piqe is not None:  # no reference: by default the prediction's own anchor (the public code)
+            kp = k if s.piqe_anchor == "reference" else M.nits_scale(pred, s.peak_nits, s.anchor_percentile,
+                                                                     s.nits_per_unit, anchor=s.anchor)
+            vals["pu21_piqe"] = M.pu21_piqe(pred, kp)
+            extra["pu21_piqe_nits_scale"] = kp
         for kind, vdp in self.vdp.items():
             vals[kind] = vdp.score(pred * np.float32(k), gt * np.float32(k), s.fps)
         if self.lpips is not None:  # frame-weighted mean over chunks (memory stays one chunk)
@@ -129,11 +159,24 @@ class Evaluator:
             vals["lpips"] = sum(n * v for n, v in parts) / len(pred)
         for name, metric in (("clipiqa", self.clipiqa), ("musiq", self.musiq)):  # no reference: the prediction
             if metric is not None:
-                parts = [(len(c), metric.score(np.clip(srgb_oetf(reinhard(c.astype(np.float64))), 0, 1)))
+                parts = [(len(c), metric.score(np.stack([M.iqa_tonemap(f, s.iqa_tonemap) for f in c])))
                          for c in (pred[i:i + CHUNK] for i in range(0, len(pred), CHUNK))]
                 vals[name] = sum(n * v for n, v in parts) / len(pred)
         ordered = {m: _finite(vals[m]) for m in s.metrics if m in vals}
-        return {"metrics": ordered, "nits_scale": k, "dynamic_range_stops": _finite(M.dynamic_range_stops(gt))}
+        return {"metrics": ordered, "nits_scale": k, **extra,
+                "dynamic_range_stops": _finite(M.dynamic_range_stops(gt))}
+
+
+def _piqe_source() -> str:
+    """pypiqe's name and version, or :class:`MetricUnavailable` when it is not installed."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        import pypiqe  # noqa: F401
+        return f"pypiqe {version('pypiqe')}"
+    except (ImportError, PackageNotFoundError):
+        raise MetricUnavailable("pu21_piqe: not computed -- pypiqe is not installed "
+                                "(pip install 'hdr-video-toolkit[evaluate]')") from None
 
 
 def _fingerprint(settings: dict, pair: ClipPair) -> str:
@@ -251,8 +294,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m evaluate.run",
         description="Score predicted HDR clips (<predictions>/<hdri_id>/<clip_id>/frame_NNNN.exr) against the "
         "ground truth of a manifest split or of a reference tree: PSNR_T, SSIM_T, PSNR-L, PU21-PSNR, temporal "
-        "stability, FovVideoVDP, ColorVideoVDP (and LPIPS / CLIP-IQA from local weights). Writes metrics.json, "
-        "metrics.md and PNG plots into --out; rerun the same command to resume.",
+        "stability, PU21-PIQE, FovVideoVDP, ColorVideoVDP (and LPIPS / CLIP-IQA / MUSIQ from local weights). "
+        "Writes metrics.json, metrics.md and PNG plots into --out; rerun the same command to resume.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     src = p.add_mutually_exclusive_group(required=True)
@@ -269,7 +312,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--peak-nits", type=float, default=M.DEFAULT_PEAK_NITS,
                    help="cd/m^2 that the GT clip's anchor percentile luminance is mapped to (PU21, VDP)")
     p.add_argument("--anchor-percentile", type=float, default=M.DEFAULT_ANCHOR_PERCENTILE)
+    p.add_argument("--anchor", choices=M.ANCHORS, default=M.DEFAULT_ANCHOR,
+                   help="per-frame: mean of each frame's percentile (the public DiffHDR evaluation); clip: one "
+                   "percentile over the whole clip")
     p.add_argument("--nits-per-unit", type=float, help="fixed cd/m^2 per radiance unit instead of the anchor")
+    p.add_argument("--iqa-tonemap", choices=M.IQA_TONEMAPS, default=M.DEFAULT_IQA_TONEMAP,
+                   help="CLIP-IQA/MUSIQ input. public: rescale when P99.9(Y) < 1, else luminance Reinhard (the public "
+                   "DiffHDR evaluation); per-channel: x/(1+x) per channel on raw radiance")
+    p.add_argument("--piqe-anchor", choices=PIQE_ANCHORS, default="prediction",
+                   help="whose anchor maps PU21-PIQE's input to cd/m^2 (prediction: the public code, no reference)")
+    p.add_argument("--vdp-photometry", choices=PHOTOMETRIES, default="absolute",
+                   help="FovVideoVDP photometry. absolute: cd/m^2 clamped to [0.005, --peak-nits] (the public "
+                   "DiffHDR evaluation); display: the --display model's own (peak, black level, ambient light)")
+    p.add_argument("--vdp-mode", choices=MODES, default="video",
+                   help="video: the VDPs' temporal model at --fps; framewise: each frame as an image, JODs averaged "
+                   "(what the public DiffHDR evaluation code computes in effect)")
     p.add_argument("--lpips-weights", help="local torchvision AlexNet checkpoint (alexnet-owt-7be5be79.pth) for LPIPS")
     p.add_argument("--clipiqa-model", help="local Hugging Face CLIP folder for CLIP-IQA")
     p.add_argument("--musiq-weights", help="local pyiqa MUSIQ checkpoint (MUSIQ needs pyiqa, which you install "
@@ -303,7 +360,10 @@ def main(argv=None) -> int:
             names.append(name)
     try:
         settings = EvalSettings(metrics=tuple(names), peak_nits=args.peak_nits,
-                                anchor_percentile=args.anchor_percentile, nits_per_unit=args.nits_per_unit,
+                                anchor_percentile=args.anchor_percentile, anchor=args.anchor,
+                                nits_per_unit=args.nits_per_unit, iqa_tonemap=args.iqa_tonemap,
+                                piqe_anchor=args.piqe_anchor, vdp_photometry=args.vdp_photometry,
+                                vdp_mode=args.vdp_mode,
                                 display=args.display, fps=args.fps, device=resolve_device(args.device),
                                 lpips_weights=args.lpips_weights, clipiqa_model=args.clipiqa_model,
                                 musiq_weights=args.musiq_weights)

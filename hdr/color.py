@@ -1,6 +1,11 @@
 """Colour math shared by all stages. Functions take numpy arrays or torch tensors alike.
 
 Values are scene-linear Rec.709 unless a name says otherwise.
+
+Reinhard's operator appears in three named forms, each with one use:
+``reinhard_per_channel`` (x / (1 + x) per channel), ``reinhard_luminance`` (L / (1 + L) on Rec.709 luminance, hue
+kept: the public DiffHDR evaluation's tonemap for CLIP-IQA/MUSIQ) and ``reinhard_display`` (key-scaled exposure,
+then per channel, sRGB, 8 bit: what the caption stage and the manifest report show).
 """
 from __future__ import annotations
 
@@ -110,7 +115,7 @@ def mu_law_inverse(y, mu: float = MU_LAW_MU):
     return _xp(y).expm1(y * math.log1p(mu)) / mu
 
 
-def reinhard(x):
+def reinhard_per_channel(x):
     """Reinhard's global operator x / (1 + x), per channel, on linear values (display-referred [0, 1) out)."""
     x = _clamp(x, 0.0, None)
     return x / (1.0 + x)
@@ -132,13 +137,13 @@ REINHARD_KEY = 0.18
 def reinhard_display(hdr, key: float = REINHARD_KEY):
     """8-bit sRGB frames (numpy uint8) for looking at linear radiance ``(..., H, W, 3)``: one exposure for all the
     given frames (log-average luminance -> ``key``, so a clip's frames stay comparable and a global exposure change
-    does not change the picture), :func:`reinhard` per channel, the sRGB OETF. Returns (frames, scale)."""
+    does not change the picture), :func:`reinhard_per_channel` per channel, the sRGB OETF. Returns (frames, scale)."""
     import numpy as np
 
     lum = np.asarray(luminance(hdr), np.float64)
     log_avg = float(np.exp(np.mean(np.log(1e-6 + np.clip(lum, 0.0, None)))))
     scale = key / max(log_avg, 1e-6)
-    out = srgb_oetf(reinhard(np.asarray(hdr, np.float32) * np.float32(scale)))
+    out = srgb_oetf(reinhard_per_channel(np.asarray(hdr, np.float32) * np.float32(scale)))
     return np.round(np.clip(out, 0.0, 1.0) * 255.0).astype(np.uint8), scale
 
 

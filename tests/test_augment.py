@@ -11,7 +11,7 @@ from augment.alternating import EXPOSURE_SETS, alternating_evs, alternating_ldr,
 from augment.degrade import (PRESETS, Params, ar1_field, camera_noise, degrade, degrade_torch, exposure_shift,
                              linear_to_ldr8, linear_to_srgb8, sample_params, visible_noise_8bit)
 from augment.masks import ema, exposure_masks_paper
-from hdr.color import log_gamma, log_gamma_inverse, mu_law, mu_law_inverse, reinhard, srgb_eotf, srgb_oetf
+from hdr.color import log_gamma, log_gamma_inverse, mu_law, mu_law_inverse, reinhard_per_channel, srgb_eotf, srgb_oetf
 
 
 def _params(**kw):
@@ -172,7 +172,7 @@ def test_colour_mappings_round_trip():
     np.testing.assert_allclose(mu_law_inverse(mu_law(x / x.max())), x / x.max(), rtol=1e-12)
     assert mu_law(np.array(1.0)) == pytest.approx(1.0)
     np.testing.assert_allclose(srgb_eotf(srgb_oetf(np.linspace(0, 1, 11))), np.linspace(0, 1, 11), atol=1e-12)
-    assert reinhard(np.array([0.0, 1.0, 3.0])).tolist() == [0.0, 0.5, 0.75]
+    assert reinhard_per_channel(np.array([0.0, 1.0, 3.0])).tolist() == [0.0, 0.5, 0.75]
     t = torch.tensor(x)
     np.testing.assert_allclose(log_gamma(t).numpy(), log_gamma(x), rtol=1e-12)
 
