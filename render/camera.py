@@ -28,8 +28,19 @@ def direction(azimuth: float, elevation: float) -> np.ndarray:
     return np.array([ce * math.cos(azimuth), ce * math.sin(azimuth), math.sin(elevation)])
 
 
+ROLL_RULE = (
+    "no roll: image right stays horizontal and image up leans toward the zenith (horizon level); looking straight up "
+    "or down the azimuth sets it, as the limit of a level camera facing that azimuth tilted to the pole: image up "
+    "points to azimuth + 180 deg at the zenith and to the azimuth at the nadir"
+)
+
+
 def look_euler(azimuth: float, elevation: float) -> tuple[float, float, float]:
-    """Blender XYZ Euler (radians) of a camera at the origin looking along (azimuth, elevation), horizon level."""
+    """Blender XYZ Euler (radians) of a camera at the origin looking along (azimuth, elevation), horizon level.
+
+    Valid at every elevation, the poles included (see ``ROLL_RULE``): the Y angle is always 0, so the triple never
+    nears the XYZ gimbal lock (Y = +-90 deg), and at elevation +-90 deg the azimuth only turns the image about the
+    view axis."""
     return (math.pi / 2 + elevation, 0.0, azimuth - math.pi / 2)
 
 
@@ -46,6 +57,16 @@ def euler_matrix(euler) -> np.ndarray:
 def view_direction(euler) -> np.ndarray:
     """World direction of the camera's optical axis (its local -Z)."""
     return euler_matrix(euler) @ np.array([0.0, 0.0, -1.0])
+
+
+def up_vector(euler) -> np.ndarray:
+    """World direction of the image's "up" (the camera's local +Y)."""
+    return euler_matrix(euler) @ np.array([0.0, 1.0, 0.0])
+
+
+def right_vector(euler) -> np.ndarray:
+    """World direction of the image's "right" (the camera's local +X)."""
+    return euler_matrix(euler) @ np.array([1.0, 0.0, 0.0])
 
 
 def sensor_size(width: int, height: int, sensor_width_mm: float = SENSOR_WIDTH_MM) -> tuple[float, float]:

@@ -3,6 +3,8 @@
 Per HDRI: highlight zoom-in/out aimed at the brightest region, shadow zoom-in/out aimed at the darkest region, and
 three rotations about the vertical axis of 120 degrees each. Zoom focal lengths: start ~ U(18, 30) mm, end
 ~ U(50, 70) mm, linear in focal length over the clip; zoom-out runs from its own end draw back to its start draw.
+The camera never rolls (``camera.ROLL_RULE``); an aim at a pole has no azimuth and uses 0 deg, i.e. image up = -X at
+the zenith; the rule, the azimuth used and the resulting image up/right vectors are recorded in the clip's params.
 Rotation segments are endpoint-exclusive (yaw_i = start + 120 * i / N), so the three segments tile 360 degrees with
 no repeated frame and no gap; they share one focal length drawn per HDRI so they join into one continuous pan.
 """
@@ -81,7 +83,7 @@ def _zoom(program: str, aim, n: int, r) -> tuple[list[FrameCamera], dict]:
     f_end = float(r.uniform(*ZOOM_END_MM))
     if program.endswith("zoom_out"):
         f_start, f_end = f_end, f_start
-    euler = camera.look_euler(math.radians(aim.azimuth_deg), math.radians(aim.elevation_deg))
+    euler = camera.look_euler(math.radians(aim.azimuth_deg), math.radians(aim.elevation_deg))  # 0 deg at a pole
     frames = [
         FrameCamera(i, f_start + (f_end - f_start) * (i / (n - 1) if n > 1 else 0.0), euler) for i in range(n)
     ]
@@ -90,8 +92,21 @@ def _zoom(program: str, aim, n: int, r) -> tuple[list[FrameCamera], dict]:
         "focal_end_mm": f_end,
         "focal_interpolation": "linear in focal length, every frame keyed",
         "aim": aim.to_json(),
+        "orientation": _orientation(euler, aim.azimuth_deg, aim.azimuth_defined),
     }
     return frames, params
+
+
+def _orientation(euler, azimuth_deg: float, azimuth_defined: bool = True) -> dict:
+    """How the image is turned about the view axis, as recorded in clip.json."""
+    return {
+        "roll_rule": camera.ROLL_RULE,
+        "azimuth_used_deg": float(azimuth_deg),
+        "azimuth_defined": bool(azimuth_defined),
+        **({} if azimuth_defined else {"pole_convention": "the aim is a pole (no azimuth): azimuth 0 deg (+X) used"}),
+        "image_up_world": [float(v) for v in camera.up_vector(euler)],
+        "image_right_world": [float(v) for v in camera.right_vector(euler)],
+    }
 
 
 def _rotation(program: str, n: int, focal_mm: float) -> tuple[list[FrameCamera], dict]:
@@ -107,6 +122,7 @@ def _rotation(program: str, n: int, focal_mm: float) -> tuple[list[FrameCamera],
         "focal_mm": focal_mm,
         "focal_source": "one draw of U(18, 30) mm per HDRI, shared by its three rotation clips",
         "yaw_definition": "camera azimuth atan2(y, x) of the view direction; 0 = +X = centre of the map",
+        "roll_rule": camera.ROLL_RULE,
     }
     return frames, params
 

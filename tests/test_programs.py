@@ -8,14 +8,30 @@ from render import analysis, camera
 from render.programs import GROUPS, PROGRAMS, ZOOM_END_MM, ZOOM_START_MM, parse_programs, plan_clip
 
 
-@pytest.mark.parametrize("az,el", [(0, 0), (1.0, 0.3), (-2.5, -0.6), (3.0, 1.2)])
+@pytest.mark.parametrize("az,el", [(0, 0), (1.0, 0.3), (-2.5, -0.6), (3.0, 1.2), (0.4, 1.5707), (-1.0, -1.5707)])
 def test_look_euler_points_the_optical_axis(az, el):
     euler = camera.look_euler(az, el)
     np.testing.assert_allclose(camera.view_direction(euler), camera.direction(az, el), atol=1e-12)
-    up = camera.euler_matrix(euler) @ np.array([0.0, 1.0, 0.0])
+    up = camera.up_vector(euler)
     assert up[2] > 0  # horizon level, never upside down
-    right = camera.euler_matrix(euler) @ np.array([1.0, 0.0, 0.0])
+    np.testing.assert_allclose(up, camera.euler_matrix(euler) @ np.array([0.0, 1.0, 0.0]))
+    right = camera.right_vector(euler)
     assert abs(right[2]) < 1e-12  # no roll
+    # image up is the world zenith projected onto the image plane (the level-horizon camera)
+    axis = camera.view_direction(euler)
+    z_proj = np.array([0.0, 0.0, 1.0]) - axis[2] * axis
+    np.testing.assert_allclose(up, z_proj / np.linalg.norm(z_proj), atol=1e-9)
+
+
+@pytest.mark.parametrize("program", PROGRAMS)
+def test_euler_keys_never_jump(program):
+    """Keys interpolate linearly between frames: consecutive Euler triples must not wrap by 2 pi."""
+    for n in (2, 9, 81):
+        plan = plan_clip(program, n, 1, "map", _aims())
+        e = np.array([fc.rotation_euler for fc in plan.frames])
+        step = 2 * math.pi / 3 / n + 1e-12 if program.startswith("rotation") else 0.0
+        assert (np.abs(np.diff(e, axis=0)) <= step).all()
+        assert (e[:, 1] == 0).all()  # Y = 0: far from the XYZ gimbal lock at +-90 deg
 
 
 def test_pixel_rays_field_of_view_and_centre():
@@ -59,8 +75,9 @@ def _aims():
 
 @pytest.mark.parametrize("program", GROUPS["zoom"])
 def test_zoom_focal_lengths_in_range_and_monotone(program):
+    aims = _aims()
     for seed in range(20):
-        plan = plan_clip(program, 9, seed, "map", _aims())
+        plan = plan_clip(program, 9, seed, "map", aims)
         f = np.array([fc.focal_mm for fc in plan.frames])
         start, end = (f[0], f[-1]) if program.endswith("in") else (f[-1], f[0])
         assert ZOOM_START_MM[0] <= start <= ZOOM_START_MM[1]
@@ -76,6 +93,9 @@ def test_zoom_aims_at_the_region():
     plan = plan_clip("highlight_zoom_in", 5, 0, "map", aims)
     np.testing.assert_allclose(plan.frames[0].view_direction(), aims["brightest"].direction, atol=1e-9)
     assert plan.params["aim"]["kind"] == "brightest"
+    o = plan.params["orientation"]
+    assert o["azimuth_defined"] and o["roll_rule"] == camera.ROLL_RULE and o["image_up_world"][2] > 0
+    np.testing.assert_allclose(o["image_up_world"], camera.up_vector(plan.frames[-1].rotation_euler))
     assert plan_clip("shadow_zoom_out", 5, 0, "map", aims).params["aim"]["kind"] == "darkest"
 
 

@@ -2,7 +2,9 @@
 texture, no geometry, scene-linear Rec.709 output with no view transform.
 
 Each clip renders as ONE animation job (lens and rotation keyed on every frame, linear keys, persistent data, world
-importance map off): 10-20x cheaper than one ``render.render`` call per frame (DESIGN.md). Frames are written by
+importance map off): 10-20x cheaper than one ``render.render`` call per frame (DESIGN.md). After keying, Blender's
+evaluated camera of every frame is checked against ``camera.euler_matrix`` and the plan's focal length, so Cycles
+renders exactly the camera the direct engine and clip.json describe. Frames are written by
 Blender as uncompressed float32 EXR into the job's scratch directory in chunks, read back and handed to the shared
 writer, so both engines publish through the same code.
 """
@@ -23,6 +25,24 @@ from render.engines.base import Engine, EngineError, HdriSource
 from render.programs import ClipPlan
 
 GPU_BACKENDS = ("OPTIX", "CUDA", "HIP", "ONEAPI", "METAL")
+CAMERA_TOLERANCE = 1e-5  # max |matrix entry| / relative lens difference between Blender's evaluated camera and plan
+
+
+def _fcurves(id_data) -> list:
+    """The F-curves animating ``id_data`` (layered actions of Blender >= 4.4, legacy ``Action.fcurves`` before)."""
+    ad = id_data.animation_data
+    if ad is None or ad.action is None:
+        return []
+    action = ad.action
+    if getattr(action, "layers", None):
+        out = []
+        for layer in action.layers:
+            for strip in layer.strips:
+                bag = strip.channelbag(ad.action_slot)
+                if bag is not None:
+                    out.extend(bag.fcurves)
+        return out
+    return list(getattr(action, "fcurves", []))
 
 
 @contextlib.contextmanager
@@ -65,6 +85,7 @@ class BlenderEngine(Engine):
         self.chunk_frames = int(chunk_frames)
         self._device_used = "CPU"
         self._scene = None
+        self.camera_check: dict = {}  # of the last keyed clip: Blender's evaluated camera vs the plan
 
     # --- setup -----------------------------------------------------------------------------------------
     def _setup_device(self, scene) -> str:
@@ -177,6 +198,8 @@ class BlenderEngine(Engine):
             "world_sampling_method": "NONE",
             "env_interpolation": "Linear",
             "animation_job": True,
+            "camera_keys": "rotation_euler (XYZ) and lens keyed on every frame, LINEAR",
+            **({"camera_check": self.camera_check} if self.camera_check else {}),
         }
 
     # --- rendering -------------------------------------------------------------------------------------
@@ -190,6 +213,22 @@ class BlenderEngine(Engine):
             cam_obj.data.keyframe_insert("lens", frame=fc.index)
             cam_obj.rotation_euler = fc.rotation_euler
             cam_obj.keyframe_insert("rotation_euler", frame=fc.index)
+        # bpy 5.0 keys Python inserts as BEZIER whatever the preference says: make them linear (only integer frames
+        # are rendered, so this matters only for sub-frame evaluation, e.g. motion blur)
+        for curve in _fcurves(cam_obj) + _fcurves(cam_obj.data):
+            for point in curve.keyframe_points:
+                point.interpolation = "LINEAR"
+        # what Cycles will render: the evaluated camera of every frame, against the camera model
+        rot_err = lens_err = 0.0
+        for fc in plan.frames:
+            scene.frame_set(fc.index)
+            m = np.array(cam_obj.matrix_world, dtype=np.float64)[:3, :3]
+            rot_err = max(rot_err, float(np.abs(m - camera.euler_matrix(fc.rotation_euler)).max()))
+            lens_err = max(lens_err, abs(cam_obj.data.lens - fc.focal_mm) / fc.focal_mm)
+        self.camera_check = {"max_rotation_matrix_error": rot_err, "max_lens_rel_error": lens_err}
+        if rot_err > CAMERA_TOLERANCE or lens_err > CAMERA_TOLERANCE:
+            raise EngineError(f"Blender's keyed camera differs from the plan (rotation {rot_err:.2e}, "
+                              f"lens {lens_err:.2e})")
 
     def render(self, plan: ClipPlan, width: int, height: int, scratch: Path) -> Iterator[np.ndarray]:
         import bpy
