@@ -47,14 +47,16 @@ PRESETS = {
         name="paper", exposure="uniform", quantize="round", mask_mode="paper",
         notes="DiffHDR §3.1.2 taken literally: noise std <= ~8.5e-4 at L = 1, invisible after 8-bit quantisation",
     ),
-    # Eyeline-Labs/DiffHDR: diffsynth/data/hdr_video.py (np.random.randint(-1, 3) stops, add_noise_prob=0.3,
-    # truncation) and utils/noise_utils.py add_noise_to_video (white_level 65536, per-channel sigmas,
-    # noise_strength 0.01, var.clamp_min(1e-12), AR(1) state starting at zero).
+    # Eyeline-Labs/DiffHDR: diffsynth/data/hdr_video.py (np.random.randint(-1, 3) stops, truncation),
+    # scripts/train.sh (--add_noise_prob 0.05; 0.3 is only HDRVideoDataset's default argument) and
+    # utils/noise_utils.py add_noise_to_video (white_level 65536, per-channel sigmas, noise_strength 0.01,
+    # var.clamp_min(1e-12), AR(1) state starting at zero).
     "diffhdr-code": Preset(
-        name="diffhdr-code", exposure="choice", per_channel_sigma=True, noise_probability=0.3, noise_scale=65536.0,
+        name="diffhdr-code", exposure="choice", per_channel_sigma=True, noise_probability=0.05, noise_scale=65536.0,
         noise_strength=0.01, var_floor=1e-12, ar1_init="zero", quantize="truncate", mask_mode="diffhdr-code",
         notes="public DiffHDR training code: integer stops, noise on radiance / 65536 with per-channel sigmas, "
-              "times 0.01, applied to 30% of clips (the dataset default), truncation, soft smoothed masks",
+              "times 0.01, applied to 5% of clips (scripts/train.sh --add_noise_prob 0.05), truncation, soft "
+              "smoothed masks",
     ),
 }
 

@@ -144,23 +144,24 @@ def soft_masks_code(srgb):
     return _clip01(_close(f32(over), CODE_CLOSE_SOFT)), _clip01(_close(f32(under), CODE_CLOSE_SOFT))
 
 
-def _stabilise(soft, prev):
+def _stabilise(soft, prev, alpha: float = EMA_ALPHA):
     """EMA on the soft mask (state = the EMA before smoothing), then 9x9 box blur, opening and closing."""
-    state = soft if prev is None else EMA_ALPHA * soft + (1.0 - EMA_ALPHA) * prev
+    state = soft if prev is None else alpha * soft + (1.0 - alpha) * prev
     m = _morph(state, "blur", CODE_SMOOTH)
     m = _morph(_morph(m, "erode", CODE_OPEN_CLOSE), "dilate", CODE_OPEN_CLOSE)  # opening
     return _clip01(_close(m, CODE_OPEN_CLOSE)), state
 
 
-def exposure_masks_code(ldr, binarize: float | None = CODE_BINARIZE):
+def exposure_masks_code(ldr, binarize: float | None = CODE_BINARIZE, alpha: float = EMA_ALPHA):
     """(over, under) masks (T, H, W) of 8-bit or [0, 1] sRGB frames (T, H, W, 3), the public DiffHDR code's way:
-    smoothed soft masks, binarised at ``binarize`` (0.2) into {0, 1}, or soft when ``binarize`` is None."""
+    smoothed soft masks, binarised at ``binarize`` (0.2) into {0, 1}, or soft when ``binarize`` is None. ``alpha``
+    is the EMA weight of the current frame (1: no temporal smoothing)."""
     xp = _xp(ldr)
     srgb = ldr if _is_u8(ldr) else _as_float(ldr)
     outs, states = ([], []), [None, None]
     for t in range(srgb.shape[0]):
         for i, soft in enumerate(soft_masks_code(srgb[t])):
-            m, states[i] = _stabilise(soft, states[i])
+            m, states[i] = _stabilise(soft, states[i], alpha)
             outs[i].append(m if binarize is None else (m > binarize) * 1.0)
     over, under = (xp.stack(o, 0) for o in outs)
     if xp.__name__ == "numpy":
@@ -171,15 +172,16 @@ def exposure_masks_code(ldr, binarize: float | None = CODE_BINARIZE):
 MASK_MODES = {"paper": exposure_masks_paper, "diffhdr-code": exposure_masks_code}
 
 
-def exposure_masks(ldr, mode: str = "paper", transfer: str = "srgb"):
+def exposure_masks(ldr, mode: str = "paper", transfer: str = "srgb", alpha: float = EMA_ALPHA):
     """(over, under) masks (T, H, W) of LDR frames by the named mode (a preset's ``mask_mode``). Gamma-2.2 frames
     (alternating exposures) always get the paper's masks on their own linearisation: the public code's thresholds
-    are defined on sRGB. Torch tensors on the CPU take the numpy path; on a GPU the torch ops run."""
+    are defined on sRGB. ``alpha`` is the EMA weight of eq. 6 (0.7 in both; 1 turns the smoothing off). Torch
+    tensors on the CPU take the numpy path; on a GPU the torch ops run."""
     if _xp(ldr).__name__ == "torch" and ldr.device.type == "cpu":  # numpy's (OpenCV) path, zero-copy
         import torch
 
-        over, under = exposure_masks(ldr.detach().numpy(), mode, transfer)
+        over, under = exposure_masks(ldr.detach().numpy(), mode, transfer, alpha)
         return torch.from_numpy(over), torch.from_numpy(under)
     if transfer != "srgb":
-        return exposure_masks_paper(ldr, transfer=transfer)
-    return MASK_MODES[mode](ldr)
+        return exposure_masks_paper(ldr, transfer=transfer, alpha=alpha)
+    return MASK_MODES[mode](ldr, alpha=alpha)

@@ -62,6 +62,24 @@ def atomic_path(dest: str | os.PathLike) -> Iterator[Path]:
             tmp.unlink()
 
 
+@contextlib.contextmanager
+def atomic_dir(dest: str | os.PathLike, tmp: str | os.PathLike | None = None) -> Iterator[Path]:
+    """A fresh temporary folder beside local ``dest`` to fill; it replaces ``dest`` (an existing folder is removed
+    first) when the block ends without an error and is removed otherwise. ``tmp`` fixes its name (several processes
+    writing into one folder); a leftover of that name is cleared first."""
+    dest = Path(dest)
+    tmp = Path(tmp) if tmp is not None else dest.with_name(f".{dest.name}.tmp-{uuid.uuid4().hex[:12]}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        yield tmp
+        if dest.exists():
+            shutil.rmtree(dest)
+        os.replace(tmp, dest)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def atomic_write_bytes(dest: str | os.PathLike, data: bytes, fsync: bool = True) -> None:
     """Write ``data`` to local ``dest`` atomically (temp file beside it, fsync, rename)."""
     with atomic_path(dest) as tmp:

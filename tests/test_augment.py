@@ -126,7 +126,7 @@ def test_presets_differ_exactly_where_the_design_says():
     assert {d.exposure_stops for d in draws} == {-1.0, 0.0, 1.0, 2.0}
     assert all(len(d.sigma_s) == 3 and len(d.sigma_c) == 3 for d in draws)  # per-channel sigmas
     assert len(set(draws[0].sigma_s if draws[0].noise else next(d for d in draws if d.noise).sigma_s)) == 3
-    assert 0.2 < np.mean([d.noise for d in draws]) < 0.4
+    assert 0.02 < np.mean([d.noise for d in draws]) < 0.08   # scripts/train.sh --add_noise_prob 0.05
     stops = [sample_params(paper, s).exposure_stops for s in range(400)]
     assert min(stops) >= -2 and max(stops) <= 2 and len(set(stops)) == 400
     # the visible noise each preset produces, in 8-bit steps at L = 1 (DESIGN.md's note, measured here)

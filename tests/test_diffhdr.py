@@ -21,7 +21,7 @@ from train.diffhdr import conditioning as C  # noqa: E402
 from train.diffhdr.cfa import CFAState, install_cfa, token_mask, uninstall_cfa  # noqa: E402
 from train.diffhdr.model import add_lora, load_backbone, lora_target_regex  # noqa: E402
 from train.diffhdr.task import (DiffHDRTask, LatentCache, control_video, draw_prompt,  # noqa: E402
-                                recompute_masks, resolve_data_config)
+                                recompute_masks, resolve_data_config, window_masks)
 from train.engine import TrainError, train  # noqa: E402
 
 TINY = Path(__file__).resolve().parents[1] / "train" / "configs" / "diffhdr_tiny.yaml"
@@ -153,7 +153,7 @@ def test_control_recipes():
         got = recompute_masks(item["ldr"], mode)
         ref = exposure_masks(u8, mode=mode)
         assert torch.equal(got["over"][:, 0], torch.as_tensor(ref[0])) and got["under"].shape == item["under"].shape
-    assert code["mask_mode"] == "diffhdr-code" and paper["mask_mode"] == "dataset"
+    assert code["mask_mode"] == "diffhdr-code" and paper["mask_mode"] == "paper"
     with pytest.raises(TrainError, match="4k\\+1"):
         resolve_data_config({"window": 8})
 
@@ -194,6 +194,12 @@ def test_three_steps_lora_trains_base_frozen_and_loads_into_pipeline(tmp_path, b
     now = {k.replace(".base_layer", ""): v for k, v in task.transformer.state_dict().items() if "lora_" not in k}
     assert set(base) == set(now) and all(torch.equal(base[k], now[k]) for k in base)
     assert res.exported and (tmp_path / "run" / "lora.safetensors").is_file()
+    # every choice is in the run's config record: the recipe's keys, its loss weight, no gradient clipping
+    rec = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
+    assert rec["data"]["recipe"] == "diffhdr-code" and rec["data"]["target_exposure"] == "shifted"
+    assert rec["data"]["mask_values"] == "soft" and rec["data"]["reference_mapping"] == "linear"
+    assert rec["flow"]["weighting"] == "bell" and rec["train"]["max_grad_norm"] is None
+    assert rec["train"]["steps"] == 3 and all("grad_norm" not in r for r in rows)
     sd = load_file(tmp_path / "run" / "lora.safetensors")
     assert len(sd) == 40 and all(k.startswith("transformer.vace_blocks.") for k in sd)
 
@@ -238,12 +244,12 @@ def test_latent_cache(tmp_path):
     task = DiffHDRTask(cfg, dataset=Synth(n=2))
     train(task, cfg, tmp_path / "run", device="cpu", progress=False)
     files = list((tmp_path / "cache").rglob("*.safetensors"))
-    assert len(files) == 2                      # 2 windows (paper recipe: target at its own exposure) -> 2 entries
+    assert len(files) == 2                      # 2 windows, each at its one exposure shift -> 2 entries
     assert task.cache.misses == 2 and task.cache.hits == 4
     item = Synth(n=2)[0]
-    key = LatentCache.key("h0/c", 0, 5, 0.0, LOG_GAMMA_M, 2.2, (32, 32))
-    torch.testing.assert_close(task.cache.get(key), task.target_latent(item["hdr"]))
-    assert key != LatentCache.key("h0/c", 0, 5, 1.0, LOG_GAMMA_M, 2.2, (32, 32))
+    key = LatentCache.key("h0/c", 0, 5, 1.0, LOG_GAMMA_M, 2.2, (32, 32))    # shifted target: Delta = 1 stop
+    torch.testing.assert_close(task.cache.get(key), task.target_latent(item["hdr"], 1.0))
+    assert key != LatentCache.key("h0/c", 0, 5, 0.0, LOG_GAMMA_M, 2.2, (32, 32))
     # a different VAE (weights) -> a different cache folder
     cfg2 = copy.deepcopy(cfg)
     cfg2["model"]["init_seed"] = 1
@@ -336,3 +342,134 @@ def test_reference_frame(tmp_path):
     torch.testing.assert_close(latent[:, 1:], task.target_latent(item["hdr"]))
     torch.testing.assert_close(ctrl[:16, :1], ref)
     assert ctrl[16:, :1].abs().max() == 0
+
+
+# ------------------------------------------------------------------------------- issue 15: recipes as published
+
+def ramp_clip(t=5, hw=32):
+    """A window whose exposure changes over time: the left half brightens by one stop per frame, the right half
+    darkens by one, so pixels enter and leave the over/under masks (where the EMA of eq. 6 matters)."""
+    from hdr.color import srgb_oetf
+
+    g = torch.Generator().manual_seed(0)
+    base = torch.rand(1, 3, hw, hw, generator=g) * 0.6 + 0.2
+    gain = torch.tensor([2.0 ** (k - t // 2) for k in range(t)]).view(t, 1, 1, 1)
+    hdr = torch.cat([base[..., : hw // 2] * gain, base[..., hw // 2:] / gain], dim=-1)
+    ldr = (srgb_oetf(hdr.clamp(0, 1)) * 255).round() / 255
+    zeros = torch.zeros(t, 1, hw, hw)
+    return {"hdr": hdr, "ldr": ldr, "over": zeros, "under": zeros, "caption": "", "overexposed": "sky",
+            "underexposed": "floor", "key": "h/c", "start": 0, "params": {"exposure_stops": 0.0}}
+
+
+def test_ema_reaches_the_model_identically_in_training_and_inference():
+    """DiffHDR eq. 6: with alpha = 0.7 the VACE mask channels carry the smoothed mask (they differ from alpha = 1 by
+    up to 0.3 on a clip whose exposure changes), while the inactive/reactive split stays the current frame's
+    detection (diffusers cuts it at 0.5). The control tensor the trainer builds is the one the transformer receives
+    from WanVACEPipeline in inference (train.diffhdr.infer.convert_windows, masks computed per window). Cutting the
+    masks first (mask_values: binary, the old behaviour) makes the EMA vanish."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, WanVACEPipeline
+
+    from train.diffhdr.infer import convert_windows
+
+    item = ramp_clip()
+    t, hw = item["ldr"].shape[0], item["ldr"].shape[-1]
+    frames8 = (item["ldr"].permute(0, 2, 3, 1).numpy() * 255).round().astype("uint8")
+    cfg = tiny_config()
+    cfg["data"].update(recipe="paper", window=t)
+    task = DiffHDRTask(cfg, dataset=[item])
+    task.build(cfg, "cpu", torch.float32)
+    pipe = WanVACEPipeline(tokenizer=task.tokenizer, text_encoder=task.text_encoder, transformer=task.transformer,
+                           vae=task.vae, scheduler=FlowMatchEulerDiscreteScheduler(shift=5.0))
+    pipe.set_progress_bar_config(disable=True)
+    emb, _ = pipe.encode_prompt("", do_classifier_free_guidance=False, max_sequence_length=16, device="cpu")
+    seen = []
+    task.transformer.register_forward_pre_hook(
+        lambda m, a, kw: seen.append(kw["control_hidden_states"].detach().clone()), with_kwargs=True)
+    ctrl = {}
+    for alpha, values in ((0.7, "soft"), (1.0, "soft"), (0.7, "binary"), (1.0, "binary")):
+        task.dcfg = resolve_data_config({**cfg["data"], "mask_ema_alpha": alpha, "mask_values": values})
+        ctrl[alpha, values] = task.prepare_sample(item, torch.Generator().manual_seed(0))[1]
+        if values == "soft":
+            seen.clear()
+            convert_windows(pipe, frames8, None, None, task.dcfg, window=t, starts=[0], seed=0, emit=lambda *a: None,
+                            call=dict(prompt_embeds=emb, height=hw, width=hw, num_inference_steps=1,
+                                      guidance_scale=1.0, max_sequence_length=16), progress=False)
+            assert len(seen) == 1
+            torch.testing.assert_close(seen[0][0], ctrl[alpha, values], rtol=0, atol=1e-6)  # inference == training
+    soft, plain = ctrl[0.7, "soft"], ctrl[1.0, "soft"]
+    assert torch.equal(soft[:32], plain[:32])                        # split: the current frame's detection
+    diff = (soft[32:] - plain[32:]).abs()
+    assert diff.max().item() == pytest.approx(0.3, abs=1e-5) and diff.mean().item() > 0.05
+    assert ((soft[32:] > 0) & (soft[32:] < 1)).any() and not ((plain[32:] > 0) & (plain[32:] < 1)).any()
+    assert torch.equal(ctrl[0.7, "binary"], ctrl[1.0, "binary"])     # cut first: alpha has no effect
+    torch.testing.assert_close(ctrl[1.0, "binary"], plain)
+    # the public code's masks are binarised at 0.2 by design: binary mask channels under that recipe
+    code = resolve_data_config({"recipe": "diffhdr-code", "window": t})
+    _, mask = control_video({**item, **window_masks(item["ldr"], code)}, code, gray_over=False, text_to_hdr=False)
+    assert set(mask.unique().tolist()) <= {0.0, 1.0} and mask.max() == 1
+    with pytest.raises(TrainError, match="mask_ema_alpha"):
+        resolve_data_config({"mask_mode": "dataset", "mask_ema_alpha": 1.0})
+
+
+def test_target_exposure_shifted_in_both_recipes():
+    """Default: the target is the radiance times 2^Delta, like the LDR input (public code's use_exposured_gt);
+    data.target_exposure: original keeps the paper's literal reading."""
+    for recipe in ("paper", "diffhdr-code"):
+        assert resolve_data_config({"recipe": recipe})["target_exposure"] == "shifted"
+    item = Synth(stops=1.0)[0]
+    lat = {}
+    for mode in ("shifted", "original"):
+        cfg = tiny_config()
+        cfg["data"].update(recipe="paper", target_exposure=mode)
+        task = DiffHDRTask(cfg, dataset=Synth())
+        task.build(cfg, "cpu", torch.float32)
+        lat[mode] = task.prepare_sample(item, torch.Generator().manual_seed(0))[0]
+    torch.testing.assert_close(lat["shifted"], task.target_latent(item["hdr"] * 2.0))
+    torch.testing.assert_close(lat["original"], task.target_latent(item["hdr"]))
+    assert (lat["shifted"] - lat["original"]).abs().mean() > 1e-3          # 4.6e-3 with the tiny random VAE
+
+
+def test_code_recipe_prompts_reference_and_loss_weight(backbone):
+    """diffhdr-code: over + " " + under prompts with the "silhouette" rule; the VACE reference frame fed linear
+    (2 lin - 1, the public training code); DiffSynth's bell-shaped timestep weight (checked against its formula)."""
+    from train.diffhdr.task import code_prompt, code_region_prompt, reference_unit, resolve_flow_config
+
+    assert code_prompt("the sun", "dark trees") == "over-exposed: the sun under-exposed: dark trees"
+    assert code_region_prompt("a dark silhouette of hills", "under") == \
+        "under-exposed: Recover the content in the under-exposed area."
+    assert code_region_prompt("over-exposed: sky", "over") == "over-exposed: sky"
+    assert code_region_prompt("A Silhouette", "over") == "over-exposed: A Silhouette"      # case-sensitive, as there
+    item = {"caption": "full", "overexposed": "sky", "underexposed": "floor"}
+    assert draw_prompt(0.5, 0.9, "code-mix", item, region_prompts="code") == (
+        "over-exposed: sky under-exposed: floor", False)
+    d = resolve_data_config({"recipe": "diffhdr-code"})
+    assert d["region_prompts"] == "code" and d["reference_mapping"] == "linear" and d["max_sequence_length"] == 512
+    assert resolve_data_config({"recipe": "paper"})["region_prompts"] == "structured"
+
+    lin = torch.tensor([0.0, 0.5, 4.0, 1e6]).view(1, 1, 4, 1).expand(1, 3, 4, 1)
+    assert reference_unit(lin, d)[0, 0, :, 0].tolist() == [0.0, 0.5, 4.0, LOG_GAMMA_M]
+    lg = reference_unit(lin, resolve_data_config({"recipe": "paper"}))
+    torch.testing.assert_close(lg, C.hdr_to_unit(lin))
+    cfg = tiny_config()
+    cfg["data"].update(prompt_mode="caption", reference_prob=1.0)
+    task = DiffHDRTask(cfg, dataset=Synth(stops=0.0))
+    task.build(cfg, "cpu", torch.float32)
+    it = Synth(stops=0.0)[0]
+    latent, ctrl, prompt, info = task.prepare_sample(it, torch.Generator().manual_seed(0))
+    ref = C.encode(task.vae, C.to_vae_video(it["hdr"][:1][None]))[0]          # 2 lin - 1 into the VAE
+    assert info["reference"] == 1.0 and prompt == "over-exposed: sky under-exposed: floor"
+    torch.testing.assert_close(latent[:, :1], ref)
+    torch.testing.assert_close(ctrl[:16, :1], ref)
+    assert (ref - task.target_latent(it["hdr"][:1])).abs().mean() > 0.01       # not the Log-Gamma reading
+
+    # loss weight: diffsynth/schedulers/flow_match.py set_timesteps(1000, training=True) with shift 5, sigma_min 0
+    assert resolve_flow_config(None, "diffhdr-code")["weighting"] == "bell"
+    assert resolve_flow_config(None, "paper")["weighting"] == "none"
+    assert resolve_flow_config({"weighting": "none"}, "diffhdr-code")["weighting"] == "none"
+    sig = torch.linspace(1.0, 0.0, 1001)[:-1]
+    x = 5.0 * sig / (1 + 4.0 * sig) * 1000
+    y = torch.exp(-2 * ((x - 500) / 1000) ** 2)
+    ref_w = (y - y.min()) * (1000 / (y - y.min()).sum())
+    ours = C.loss_weights(x / 1000, resolve_flow_config(None, "diffhdr-code"))
+    torch.testing.assert_close(ours, ref_w, rtol=1e-5, atol=1e-6)
+    assert ours.max().item() == pytest.approx(ref_w.max().item()) and ours.min().item() == 0.0

@@ -37,6 +37,8 @@ The TrainTask protocol (all a model module has to write)::
         def export(self, run_dir: Path, trainable_state: dict[str, Tensor]) -> list[str]
             # write the deliverable (e.g. LoRA safetensors) from the trainable weights; return the paths written
         def describe(self) -> dict                             # optional; recorded in env.json
+        def resolve_config(self, config: dict) -> dict         # optional; the config with the task's defaults filled
+            # in: what RUN/config.yaml records and what a resume compares
 
 The engine saves/loads the trainable state generically (every parameter with ``requires_grad`` of ``module()``, by
 name), so a task does not write checkpoint code.
@@ -58,6 +60,7 @@ import torch
 import yaml
 
 from hdr.seeding import derive_seed
+from hdr.storage import atomic_dir, atomic_write_text
 
 CONFIG_NAME = "config.yaml"
 TRAINABLE_NAME = "trainable.safetensors"
@@ -107,7 +110,7 @@ class TrainConfig:
     weight_decay: float = 1e-2
     eps: float = 1e-8
     warmup_steps: int = 0
-    max_grad_norm: float | None = 1.0
+    max_grad_norm: float | None = 1.0   # null/0: no clipping (a task may change the default: DiffHDR has none)
     mixed_precision: str = "auto"       # auto (bf16 on GPU, no on CPU) | no | bf16 | fp16
     gradient_checkpointing: bool = False
     offload_activations: bool = False   # keep the tensors saved for backward in CPU memory (the public DiffHDR code's
@@ -260,9 +263,7 @@ def prepare_run_dir(run_dir: Path, config: dict, overwrite: bool = False) -> boo
 
 
 def _write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    atomic_write_text(path, text)
 
 
 def env_info(accelerator=None, device: torch.device | None = None) -> dict:
@@ -372,6 +373,8 @@ def train(task, config: dict, run_dir: str | os.PathLike, *, device: str = "auto
     from diffusers.optimization import get_scheduler
     from safetensors.torch import load_file, save_file
 
+    if hasattr(task, "resolve_config"):         # record every choice, including the task's defaults
+        config = task.resolve_config(config)
     tcfg = TrainConfig.from_dict(config.get("train"))
     run_dir = Path(run_dir)
     dev = resolve_device(device)
@@ -471,19 +474,17 @@ def train(task, config: dict, run_dir: str | os.PathLike, *, device: str = "auto
         resumed_from = loop.step
 
     def save_checkpoint():
+        import contextlib
+
         final = run_dir / "checkpoints" / f"{CKPT_PREFIX}{loop.step:07d}"
-        tmp = final.with_name(f".tmp-{final.name}")
+        tmp = final.with_name(f".tmp-{final.name}")       # one name for every process (they all write into it)
+        with atomic_dir(final, tmp) if main else contextlib.nullcontext(tmp):
+            accelerator.wait_for_everyone()
+            accelerator.save_state(str(tmp))
+            accelerator.wait_for_everyone()
+            if main:
+                _write_text(tmp / "loop_state.json", json.dumps(loop.state_dict()))
         if main:
-            shutil.rmtree(tmp, ignore_errors=True)
-            tmp.mkdir(parents=True)
-        accelerator.wait_for_everyone()
-        accelerator.save_state(str(tmp))
-        accelerator.wait_for_everyone()
-        if main:
-            _write_text(tmp / "loop_state.json", json.dumps(loop.state_dict()))
-            if final.exists():
-                shutil.rmtree(final)
-            os.replace(tmp, final)
             for old in list_checkpoints(run_dir)[: -tcfg.checkpoints_keep]:
                 shutil.rmtree(old, ignore_errors=True)
         accelerator.wait_for_everyone()

@@ -3,9 +3,12 @@
     python -m train.infer --lora RUN/lora.safetensors --video in.mp4 --out pred/ [--alpha-over 1 --alpha-under 1]
 
 The backbone is rebuilt from the run's ``config.yaml`` (beside the LoRA file, or ``--config``), wrapped in diffusers'
-``WanVACEPipeline``, and the LoRA is loaded with ``load_lora_weights``. The LDR frames get the same treatment as in
-training (exposure masks of the recipe's preset over the whole converted range, gray painting of the recipe,
-linearise, Log-Gamma) and go in as the VACE context and mask. The video is converted in windows of the model's frame
+``WanVACEPipeline``, and the LoRA is loaded with ``load_lora_weights``. Every window of LDR frames gets the same
+treatment as a training window, by the same functions (``task.window_masks``: the recipe's exposure masks with the EMA
+of eq. 6 starting at the window's first frame, as in training and in the public long-video inference;
+``task.control_video``: gray painting, linearise, Log-Gamma, the soft VACE mask) and goes in as the VACE context and
+mask; the pipeline's ``prepare_video_latents`` + ``prepare_masks`` then build what the trainer's
+``conditioning.control_latents`` builds (tested). The video is converted in windows of the model's frame
 count (``--window``, 4k+1, default the run's ``data.window``) that overlap by ``--overlap`` frames, the last window
 aligned to the last frame (``train.windows``); a video shorter than a window is padded with its last frame and the
 padding dropped. Per window the pipeline denoises (flow matching, Euler) and the fp32 VAE decodes; overlapping
@@ -32,10 +35,11 @@ import yaml
 from hdr.color import log_gamma_inverse
 from hdr.io import LdrImageError, read_ldr
 from hdr.seeding import derive_seed
+from hdr.storage import atomic_path, atomic_write_json, sha256_file
 from train.diffhdr import conditioning as C
 from train.diffhdr.cfa import OVER_PROMPT, UNDER_PROMPT, CFAState, install_cfa, token_mask
 from train.diffhdr.model import ModelError, load_backbone
-from train.diffhdr.task import RECIPES, control_video, resolve_data_config
+from train.diffhdr.task import RECIPES, control_video, mask_mode_of, resolve_data_config, window_masks
 from train.windows import WindowBlender, WindowPlanError, pad_frames, plan_windows, resume_window
 
 IMAGE_EXT = (".png", ".jpg", ".jpeg")
@@ -80,8 +84,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cfa-branches", default="both", choices=["both", "main", "vace"],
                    help="cross-attention layers that get CFA (paper: both)")
     p.add_argument("--reference", default=None, help="optional reference image (LDR, sRGB) for VACE conditioning")
-    p.add_argument("--reference-ev", type=float, default=5.0,
-                   help="exposure boost (stops) of the reference before Log-Gamma (public code: 5)")
+    p.add_argument("--reference-ev", type=float, default=None,
+                   help="exposure boost (stops) of the reference after linearising (default: 5 with the log_gamma "
+                        "mapping, as the public inference; 0 with linear)")
+    p.add_argument("--reference-mapping", default=None, choices=["linear", "log_gamma"],
+                   help="how the reference enters the VAE (default: the run's data.reference_mapping, what the LoRA "
+                        "was trained with): linear radiance clipped to [0, 1], or Log-Gamma")
     p.add_argument("--recipe", default=None, choices=sorted(RECIPES),
                    help="mask/gray treatment of the LDR (default: the run's data.recipe)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
@@ -168,7 +176,8 @@ def convert_windows(pipe, frames8: np.ndarray, over: np.ndarray, under: np.ndarr
                     cfa: tuple | None = None, device="cpu", progress: bool = True, offset: int = 0,
                     done: int = 0) -> list[dict]:
     """Run ``pipe`` (a WanVACEPipeline, or anything called like one) on each window of ``frames8`` (N, H, W, 3)
-    uint8 with its exposure masks ``over``/``under`` (N, H, W), blend the overlaps and hand every frame to
+    uint8 with its exposure masks ``over``/``under`` (N, H, W) -- or, when they are None (what ``main`` does), the
+    masks of each window computed by ``task.window_masks`` as in training --, blend the overlaps and hand every frame to
     ``emit(index, radiance (H, W, 3) float32)`` exactly once, in order. ``call`` holds the pipeline arguments that
     are the same for every window (prompt embeddings, size, steps, guidance, reference). ``cfa`` = (CFAState, patch
     size, reference frames) updates the CFA token masks per window. ``offset`` is the input-video index of
@@ -185,21 +194,26 @@ def convert_windows(pipe, frames8: np.ndarray, over: np.ndarray, under: np.ndarr
         return []
     blender = WindowBlender(starts, window, n, first=first)
     padded = max(n, window)
-    frames8, over, under = (pad_frames(a, padded) for a in (frames8, over, under))
+    per_window = over is None or under is None
+    frames8 = pad_frames(frames8, padded)
+    if not per_window:
+        over, under = pad_frames(over, padded), pad_frames(under, padded)
     records = []
     bar = tqdm(range(first, len(starts)), desc="windows", unit="window", initial=first, total=len(starts),
                disable=not progress or len(starts) < 2)
     for i in bar:
         s = starts[i]
-        f8, ov, un = frames8[s:s + window], over[s:s + window], under[s:s + window]
-        item = {"ldr": torch.from_numpy(np.ascontiguousarray(f8)).permute(0, 3, 1, 2).float() / 255.0,
-                "over": torch.as_tensor(np.asarray(ov, np.float32))[:, None],
-                "under": torch.as_tensor(np.asarray(un, np.float32))[:, None]}
+        ldr = torch.from_numpy(np.ascontiguousarray(frames8[s:s + window])).permute(0, 3, 1, 2).float() / 255.0
+        if per_window:
+            item = {"ldr": ldr, **window_masks(ldr, dcfg)}
+        else:
+            item = {"ldr": ldr, "over": torch.as_tensor(np.asarray(over[s:s + window], np.float32))[:, None],
+                    "under": torch.as_tensor(np.asarray(under[s:s + window], np.float32))[:, None]}
         control, mask = control_video(item, dcfg, gray_over=False, text_to_hdr=False)
         if cfa is not None:
             state, patch, nref = cfa
-            state.over_mask = token_mask(torch.as_tensor(np.asarray(ov, np.float32)), patch, nref).to(device)
-            state.under_mask = token_mask(torch.as_tensor(np.asarray(un, np.float32)), patch, nref).to(device)
+            state.over_mask = token_mask(item["over"][:, 0], patch, nref).to(device)
+            state.under_mask = token_mask(item["under"][:, 0], patch, nref).to(device)
         wseed = window_seed(seed, offset + s)
         g = torch.Generator(device="cpu").manual_seed(wseed)
         result = pipe(video=control[None], mask=mask[None, :, None].expand(-1, -1, 3, -1, -1), num_frames=window,
@@ -232,8 +246,6 @@ def window_plan(n: int, window: int, overlap: int, blend_space: str, starts: lis
 def main(args) -> int:
     from diffusers import FlowMatchEulerDiscreteScheduler, WanVACEPipeline
 
-    from augment.degrade import PRESETS
-    from augment.masks import exposure_masks
     from hdr.io import write_exr
 
     lora = Path(args.lora)
@@ -246,6 +258,8 @@ def main(args) -> int:
     dcfg = resolve_data_config({**(cfg.get("data") or {}), **({"recipe": args.recipe} if args.recipe else {})})
     if args.recipe:
         dcfg.update({k: v for k, v in RECIPES[args.recipe].items()})
+    ref_mapping = args.reference_mapping or dcfg["reference_mapping"]
+    ref_ev = args.reference_ev if args.reference_ev is not None else (5.0 if ref_mapping == "log_gamma" else 0.0)
     out = Path(args.out)
     window, overlap = window_settings(args.window, args.overlap, int(dcfg["window"]))
 
@@ -263,22 +277,25 @@ def main(args) -> int:
         raise InferError(str(e)) from None
     device = _resolve_device(args.device)
     shift = args.shift if args.shift is not None else float((cfg.get("flow") or {}).get("shift", 5.0))
-    mode = dcfg["mask_mode"] if dcfg["mask_mode"] != "dataset" else PRESETS[dcfg["preset"]].mask_mode
+    mode = mask_mode_of(dcfg)
     if args.reference and not Path(args.reference).is_file():
         raise InferError(f"{args.reference}: reference image not found")
     cfa_on = bool(args.alpha_over or args.alpha_under)
     # everything the frames depend on: a rerun with the same settings resumes or finds the work done
     settings = json.loads(json.dumps({
-        "lora": str(lora), "lora_sha256": _sha256_file(lora), "config": str(cfg_path),
-        "config_sha256": _sha256_file(cfg_path), "video": str(args.video),
+        "lora": str(lora), "lora_sha256": sha256_file(lora), "config": str(cfg_path),
+        "config_sha256": sha256_file(cfg_path), "video": str(args.video),
         "input_sha256": hashlib.sha256(memoryview(frames8).cast("B")).hexdigest(), "start": start, "frames": n,
         "size": [w, h], "crop": [left, top], "window": window, "overlap": overlap, "blend_space": args.blend_space,
         "steps": args.steps, "seed": args.seed, "guidance": args.guidance, "shift": shift, "prompt": args.prompt,
         "negative_prompt": args.negative_prompt, "recipe": dcfg["recipe"], "mask_mode": mode,
+        "masks": {"mode": mode, "ema_alpha": float(dcfg["mask_ema_alpha"]), "values": dcfg["mask_values"],
+                  "computed": "per window, EMA from the window's first frame (task.window_masks, as in training)"},
         "cfa": {"alpha_over": args.alpha_over, "alpha_under": args.alpha_under, "branches": args.cfa_branches,
                 "over_prompt": args.over_prompt, "under_prompt": args.under_prompt} if cfa_on else None,
-        "reference": args.reference, "reference_sha256": _sha256_file(args.reference) if args.reference else None,
-        "reference_ev": args.reference_ev if args.reference else None, "device": str(device), "half": args.half}))
+        "reference": args.reference, "reference_sha256": sha256_file(args.reference) if args.reference else None,
+        "reference_ev": ref_ev if args.reference else None,
+        "reference_mapping": ref_mapping if args.reference else None, "device": str(device), "half": args.half}))
     names = [f"frame_{t:04d}.exr" for t in range(n)]
     existing = sorted(p.name for p in out.glob("frame_*.exr")) if out.is_dir() else []
     done = 0
@@ -310,9 +327,6 @@ def main(args) -> int:
     except Exception as e:  # noqa: BLE001 -- name the file
         raise InferError(f"{lora}: cannot load as a WanVACE LoRA ({type(e).__name__}: {e})") from None
 
-    # masks of the recipe's preset over the whole range at once (their temporal smoothing runs across windows)
-    over, under = (np.asarray(m, np.float32) for m in exposure_masks(frames8, mode=mode))
-
     reference = None
     if args.reference:
         import cv2
@@ -325,8 +339,10 @@ def main(args) -> int:
         except LdrImageError as e:
             raise InferError(str(e)) from None
         ref = cv2.resize(img, (w, h), interpolation=cv2.INTER_AREA).astype(np.float32) / 255.0
-        # public code: sRGB -> linear x 2^ev -> Log-Gamma; the pipeline takes PIL images (8-bit in Log-Gamma space)
-        unit = C.hdr_to_unit(torch.from_numpy(srgb_eotf(ref) * 2.0 ** args.reference_ev)).numpy()
+        # sRGB -> linear x 2^ev -> the run's reference mapping (public inference: Log-Gamma at +5 EV); the pipeline
+        # takes PIL images, so the mapped reference is 8-bit and a linear one is clipped to [0, 1]
+        lin = torch.from_numpy(srgb_eotf(ref) * 2.0 ** ref_ev)
+        unit = (lin.clamp(0.0, 1.0) if ref_mapping == "linear" else C.hdr_to_unit(lin)).numpy()
         reference = Image.fromarray(np.round(unit * 255.0).astype(np.uint8))
 
     cfa = None
@@ -359,13 +375,12 @@ def main(args) -> int:
     written = []
 
     def emit(t: int, frame: np.ndarray) -> None:
-        path, tmp = out / names[t], out / f".{names[t]}.tmp.exr"
-        write_exr(tmp, frame, half=args.half)
-        os.replace(tmp, path)
-        written.append(path.name)
+        with atomic_path(out / names[t]) as tmp:
+            write_exr(tmp, frame, half=args.half)
+        written.append(names[t])
 
     t0 = time.time()
-    records = convert_windows(pipe, frames8, over, under, dcfg, window=window, starts=starts, seed=args.seed,
+    records = convert_windows(pipe, frames8, None, None, dcfg, window=window, starts=starts, seed=args.seed,
                               call=call, emit=emit, blend_space=args.blend_space, cfa=cfa, device=device,
                               progress=not args.no_progress, offset=start, done=done)
     if done + len(written) != n:
@@ -379,15 +394,8 @@ def main(args) -> int:
     return 0
 
 
-def _sha256_file(path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 22), b""):
-            h.update(chunk)
-    return h.hexdigest()
+_sha256_file = sha256_file          # the old private name
 
 
 def _write_json(path: Path, obj: dict) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2))
-    os.replace(tmp, path)
+    atomic_write_json(path, obj, indent=2)

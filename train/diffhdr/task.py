@@ -5,46 +5,74 @@ One step (DiffHDR §3.3, §4.1; recipe options in :data:`RECIPES`):
 1. a window of the manifest's train split (``manifests.dataset.ClipWindowDataset``: HDR target, LDR made on the
    fly by the augment library with the configured preset or read from the stored augmentation, exposure masks,
    captions);
-2. target = HDR (times 2^Delta when ``target_exposure: shifted``) -> clamp M -> Log-Gamma -> fp32 VAE latent
-   (optionally from the on-disk latent cache);
-3. control = LDR (under-exposed regions painted sRGB gray 0.5 when ``gray_under``, over-exposed too with
-   probability ``gray_over_prob``) -> linearise -> Log-Gamma -> VACE context with the exposure mask (over | under);
+2. target = HDR times 2^Delta (``target_exposure: shifted``, both recipes: the public code's ``use_exposured_gt``;
+   ``original`` trains toward the unshifted radiance) -> clamp M -> Log-Gamma -> fp32 VAE latent (optionally from
+   the on-disk latent cache);
+3. exposure masks of the LDR window (:func:`window_masks`: the augment library's ``mask_mode`` with the EMA of
+   DiffHDR eq. 6, the same function inference calls per window), control = LDR (under-exposed regions painted sRGB
+   gray 0.5 when ``gray_under``, over-exposed too with probability ``gray_over_prob``) -> linearise -> Log-Gamma ->
+   VACE context with the soft exposure mask (:func:`vace_mask`, ``mask_values: soft``);
 4. optionally (``reference_prob``; the public code: the 3/8 of samples with r >= 0.625) the first GT frame as a VACE
-   reference frame, prepended to target and context;
+   reference frame, prepended to target and context, fed linear (2 lin - 1, the public training code) or
+   Log-Gamma mapped (``reference_mapping``);
 5. text = the structured caption, or the public code's prompt mix (``prompt_mode: code-mix``: 1/8 text-to-HDR with a
    gray control and an all-ones mask and the GT at its original exposure, 1/8 empty prompt, 1/2 over/under prompt,
    1/4 empty prompt -- the code's comment says "3/8" for the over/under share, its thresholds 0.25..0.75 give 1/2);
-6. rectified flow matching in diffusers' convention (see ``conditioning``), timestep sampling and shift as Wan.
+   the over/under prompt is the paper's ``[overexposed: o]; [underexposed: u]`` or the public code's
+   ``"over-exposed: o under-exposed: u"`` (``region_prompts``, :func:`code_prompt`);
+6. rectified flow matching in diffusers' convention (see ``conditioning``), timestep sampling and shift as Wan,
+   loss weight per recipe (``flow.weighting``: none in ``paper``, DiffSynth's bell curve in ``diffhdr-code``), no
+   gradient clipping (``train.max_grad_norm``: null; neither the paper nor the public code clips).
+
+Every resolved choice (recipe keys, flow, train) is written to the run's ``config.yaml`` (:meth:`resolve_config`).
 """
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import os
 from collections import OrderedDict
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
 
+from augment.masks import EMA_ALPHA
 from hdr.color import LOG_GAMMA_G, LOG_GAMMA_M
+from hdr.storage import atomic_path, atomic_write_text
 from train.diffhdr import conditioning as C
 from train.diffhdr.model import ModelError, add_lora, load_backbone, lora_state_dict, module_hash
-from train.engine import TrainError
+from train.engine import TrainConfig, TrainError
 
 LORA_FILE = "lora.safetensors"
 
 # named data recipes: "paper" (DiffHDR as written) and "diffhdr-code" (Eyeline-Labs/DiffHDR scripts/train.sh +
-# diffsynth/data/hdr_video.py); every key can be overridden in the config's data: section
+# diffsynth/data/hdr_video.py + train_hdr.py); every key can be overridden in the config's data: section. Where the
+# paper is silent or the two disagree, README "Paper vs public code (data.recipe)" gives the reasons.
 RECIPES = {
-    "paper": dict(preset="paper", target_exposure="original", prompt_mode="caption", gray_under=False,
-                  gray_over_prob=0.0, gray_level=0.5, mask_mode="dataset", reference_prob=0.0),
-    "diffhdr-code": dict(preset="diffhdr-code", target_exposure="shifted", prompt_mode="code-mix", gray_under=True,
-                         gray_over_prob=0.1, gray_level=0.5, mask_mode="diffhdr-code", reference_prob=0.375),
+    "paper": dict(preset="paper", target_exposure="shifted", prompt_mode="caption", region_prompts="structured",
+                  gray_under=False, gray_over_prob=0.0, gray_level=0.5, mask_mode="paper", mask_values="soft",
+                  mask_ema_alpha=EMA_ALPHA, reference_prob=0.0, reference_mapping="log_gamma"),
+    "diffhdr-code": dict(preset="diffhdr-code", target_exposure="shifted", prompt_mode="code-mix",
+                         region_prompts="code", gray_under=True, gray_over_prob=0.1, gray_level=0.5,
+                         mask_mode="diffhdr-code", mask_values="soft", mask_ema_alpha=EMA_ALPHA,
+                         reference_prob=0.375, reference_mapping="linear"),
 }
+# the loss weighting each recipe selects unless flow.weighting is given (diffsynth/schedulers/flow_match.py
+# training_weight, used by WanVideoPipeline.training_loss)
+RECIPE_FLOW = {"paper": {"weighting": "none"}, "diffhdr-code": {"weighting": "bell"}}
+FLOW_DEFAULTS = dict(sampling="grid", shift=5.0, num_train_timesteps=1000, sigma_min=0.0)
+# neither the paper nor the public code (DiffSynth's launch_training_task) clips gradients
+TRAIN_DEFAULTS = dict(max_grad_norm=None)
+# max_sequence_length 512: Wan 2.1's text length (DiffSynth's WanPrompter text_len, WanVACEPipeline.__call__)
 DATA_DEFAULTS = dict(recipe="paper", split="train", window=33, ldr="augment", aug_kind="single", seed=0,
-                     cache_latents=False, cache_dir=None, max_sequence_length=226, text_cache_size=256,
+                     cache_latents=False, cache_dir=None, max_sequence_length=512, text_cache_size=256,
                      log_gamma_m=LOG_GAMMA_M, log_gamma_g=LOG_GAMMA_G, caption_dropout=0.0)
 PROMPT_MODES = ("caption", "empty", "code-mix")
+CHOICES = {"target_exposure": ("original", "shifted"), "mask_mode": ("dataset", "paper", "diffhdr-code"),
+           "mask_values": ("soft", "binary"), "region_prompts": ("structured", "code"),
+           "reference_mapping": ("linear", "log_gamma"), "prompt_mode": PROMPT_MODES}
 
 
 def resolve_data_config(dcfg: dict | None) -> dict:
@@ -53,15 +81,23 @@ def resolve_data_config(dcfg: dict | None) -> dict:
     if recipe not in RECIPES:
         raise TrainError(f"data.recipe must be one of {', '.join(RECIPES)}, got {recipe!r}")
     out = {**DATA_DEFAULTS, **RECIPES[recipe], **d}
-    if out["prompt_mode"] not in PROMPT_MODES:
-        raise TrainError(f"data.prompt_mode must be one of {', '.join(PROMPT_MODES)}, got {out['prompt_mode']!r}")
-    if out["target_exposure"] not in ("original", "shifted"):
-        raise TrainError(f"data.target_exposure must be original or shifted, got {out['target_exposure']!r}")
-    if out["mask_mode"] not in ("dataset", "paper", "diffhdr-code"):
-        raise TrainError(f"data.mask_mode must be dataset, paper or diffhdr-code, got {out['mask_mode']!r}")
+    for key, allowed in CHOICES.items():
+        if out[key] not in allowed:
+            raise TrainError(f"data.{key} must be one of {', '.join(allowed)}, got {out[key]!r}")
+    alpha = float(out["mask_ema_alpha"])
+    if not 0.0 < alpha <= 1.0:
+        raise TrainError(f"data.mask_ema_alpha must be in (0, 1] (1: no temporal smoothing), got {alpha}")
+    if out["mask_mode"] == "dataset" and alpha != EMA_ALPHA:
+        raise TrainError(f"data.mask_ema_alpha {alpha}: the loader's masks (mask_mode: dataset) are made with "
+                         f"{EMA_ALPHA}; set data.mask_mode to paper or diffhdr-code to recompute them")
     if int(out["window"]) % 4 != 1:
         raise TrainError(f"data.window must be 4k+1 frames (the Wan VAE's temporal stride), got {out['window']}")
     return out
+
+
+def resolve_flow_config(fcfg: dict | None, recipe: str = DATA_DEFAULTS["recipe"]) -> dict:
+    """The ``flow:`` section with its defaults and the recipe's loss weighting filled in."""
+    return {**FLOW_DEFAULTS, **RECIPE_FLOW[recipe], **dict(fcfg or {})}
 
 
 def exposure_stops(params) -> float:
@@ -77,15 +113,43 @@ def exposure_stops(params) -> float:
     return 0.0
 
 
-def draw_prompt(r_prompt: float, r_drop: float, mode: str, item: dict, dropout: float = 0.0) -> tuple[str, bool]:
+# hdr_video.py: an over/under caption that mentions "silhouette" is replaced by a fixed sentence (case-sensitive test)
+SILHOUETTE_PROMPTS = {"over": "over-exposed: Recover the content in the over-exposed area.",
+                      "under": "under-exposed: Recover the content in the under-exposed area."}
+
+
+def code_region_prompt(text: str, kind: str) -> str:
+    """One region's prompt as the public code trains on it: ``kind``-exposed: <text>, or the fixed "Recover the
+    content ..." sentence when the caption contains "silhouette". The public over/under CSVs are not released; their
+    "over-exposed: ..." form is read off the replacement sentences, the CFA prompts and the README's prompt example,
+    so a caption that lacks the prefix gets it (an empty caption stays empty, as a NaN cell does there)."""
+    if "silhouette" in text:
+        return SILHOUETTE_PROMPTS[kind]
+    prefix = f"{kind}-exposed:"
+    return text if not text or text.startswith(prefix) else f"{prefix} {text}"
+
+
+def code_prompt(over: str, under: str) -> str:
+    """The public code's over/under prompt: the two region prompts joined with one space (hdr_video.py)."""
+    return code_region_prompt(over, "over") + " " + code_region_prompt(under, "under")
+
+
+def region_prompt(over: str, under: str, style: str = "structured") -> str:
+    """``structured``: DiffHDR §3.4.2 ``[overexposed: o]; [underexposed: u]``; ``code``: :func:`code_prompt`."""
+    return code_prompt(over, under) if style == "code" else C.structured_caption(over, under)
+
+
+def draw_prompt(r_prompt: float, r_drop: float, mode: str, item: dict, dropout: float = 0.0,
+                region_prompts: str = "structured") -> tuple[str, bool]:
     """(prompt, text_to_hdr) for one sample from two uniform draws.
 
-    ``caption``: the structured caption (DiffHDR §3.4.2); ``empty``: ""; ``code-mix`` (public code,
+    ``caption``: the over/under caption (DiffHDR §3.4.2); ``empty``: ""; ``code-mix`` (public code,
     diffsynth/data/hdr_video.py): r < 1/8 text-to-HDR with the caption; 1/8 <= r < 1/4 empty; 1/4 <= r < 3/4 the
-    over/under prompt; r >= 3/4 empty. Then the prompt is dropped with probability ``dropout``."""
+    over/under prompt; r >= 3/4 empty. The over/under prompt is written as ``region_prompts`` says
+    (:func:`region_prompt`). Then the prompt is dropped with probability ``dropout``."""
     caption = item.get("caption") or ""
     over_t, under_t = item.get("overexposed") or "", item.get("underexposed") or ""
-    structured = C.structured_caption(over_t, under_t) if (over_t or under_t) else caption
+    structured = region_prompt(over_t, under_t, region_prompts) if (over_t or under_t) else caption
     text_to_hdr = False
     if mode == "caption":
         prompt = structured
@@ -111,15 +175,30 @@ def use_reference(r_prompt: float, r_ref: float, d: dict) -> bool:
     return r_prompt >= 1.0 - p if d["prompt_mode"] == "code-mix" else r_ref < p
 
 
-def control_video(item: dict, d: dict, gray_over: bool, text_to_hdr: bool, device="cpu"):
-    """(control (T, 3, H, W) Log-Gamma [0, 1], VACE mask (T, H, W) in {0, 1}) for one window.
+def vace_mask(over: torch.Tensor, under: torch.Tensor, values: str = "soft") -> torch.Tensor:
+    """The VACE mask (T, H, W) of a window from its exposure masks (T, H, W) in [0, 1].
 
-    Normal: the LDR with under-exposed pixels painted sRGB gray (``gray_under``) and over-exposed ones too when
-    ``gray_over``, linearised and Log-Gamma mapped; mask = over | under. Text-to-HDR: a gray control and a mask of
-    ones (the public code's hybrid branch)."""
+    ``soft`` (default): min(1, over + under), the EMA-smoothed mask of DiffHDR eq. 6 (over and under are disjoint
+    per frame, so this is the EMA of the union). It reaches the model through the 64 mask channels; the
+    inactive/reactive split cuts it at 0.5 (``conditioning.control_latents``, as ``WanVACEPipeline.
+    prepare_video_latents`` does), which with alpha = 0.7 is the current frame's own detection. ``binary``: each
+    mask cut at 0.5 first, then or-ed -- the EMA has no effect then (the behaviour before issue 15). Masks that are
+    already binary (``diffhdr-code``: binarised at 0.2 by design) give the same either way."""
+    if values == "binary":
+        return ((over > 0.5) | (under > 0.5)).float()
+    return (over.float() + under.float()).clamp(0.0, 1.0)
+
+
+def control_video(item: dict, d: dict, gray_over: bool, text_to_hdr: bool, device="cpu"):
+    """(control (T, 3, H, W) Log-Gamma [0, 1], VACE mask (T, H, W) in [0, 1]) for one window.
+
+    Normal: the LDR with under-exposed pixels (mask > 0.5) painted sRGB gray (``gray_under``) and over-exposed ones
+    too when ``gray_over``, linearised and Log-Gamma mapped; mask = :func:`vace_mask` (``mask_values``). Text-to-HDR:
+    a gray control and a mask of ones (the public code's hybrid branch). Training and inference both call this."""
     ldr = item["ldr"].to(device).float()                               # (T, 3, H, W) sRGB [0, 1]
-    over = item["over"].to(device).float()[:, 0] > 0.5                 # (T, H, W)
-    under = item["under"].to(device).float()[:, 0] > 0.5
+    over_s = item["over"].to(device).float()[:, 0]                     # (T, H, W) in [0, 1]
+    under_s = item["under"].to(device).float()[:, 0]
+    over, under = over_s > 0.5, under_s > 0.5
     m, g = float(d["log_gamma_m"]), float(d["log_gamma_g"])
     if text_to_hdr:
         return C.gray_unit(ldr, float(d["gray_level"])), torch.ones_like(over, dtype=torch.float32)
@@ -129,19 +208,48 @@ def control_video(item: dict, d: dict, gray_over: bool, text_to_hdr: bool, devic
         srgb = torch.where(under[:, None], gray, srgb)
     if gray_over:
         srgb = torch.where(over[:, None], gray, srgb)
-    return C.ldr_to_unit(srgb, m=m, g=g), (over | under).float()
+    return C.ldr_to_unit(srgb, m=m, g=g), vace_mask(over_s, under_s, d.get("mask_values", "soft"))
 
 
-def recompute_masks(ldr: torch.Tensor, mode: str) -> dict:
+def recompute_masks(ldr: torch.Tensor, mode: str, alpha: float = EMA_ALPHA) -> dict:
     """Exposure masks of an 8-bit sRGB window (T, 3, H, W) in [0, 1] by the augment library's named mode
-    (``augment.masks.exposure_masks``), as {"over", "under"} (T, 1, H, W). ``data.mask_mode: dataset`` skips this
-    and uses the loader's masks."""
+    (``augment.masks.exposure_masks``) with EMA weight ``alpha`` (eq. 6; the EMA starts at the window's first
+    frame), as {"over", "under"} (T, 1, H, W)."""
     from augment.masks import exposure_masks
 
     u8 = (ldr.detach().float().cpu() * 255.0).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
-    over, under = exposure_masks(u8, mode=mode)
+    over, under = exposure_masks(u8, mode=mode, alpha=float(alpha))
     return {"over": torch.as_tensor(over, dtype=torch.float32)[:, None],
             "under": torch.as_tensor(under, dtype=torch.float32)[:, None]}
+
+
+def mask_mode_of(d: dict) -> str:
+    """The augment mask mode a resolved data config computes masks with (``dataset``: its preset's)."""
+    if d["mask_mode"] != "dataset":
+        return d["mask_mode"]
+    from augment.degrade import PRESETS
+
+    return PRESETS[d["preset"]].mask_mode
+
+
+def window_masks(ldr: torch.Tensor, d: dict) -> dict:
+    """{"over", "under"} (T, 1, H, W) soft masks of one LDR window (T, 3, H, W) in [0, 1] as the recipe computes
+    them: :func:`recompute_masks` with ``mask_mode`` and ``mask_ema_alpha``. The trainer calls it on every window
+    (unless ``mask_mode: dataset``, which takes the loader's masks) and inference on every window it converts, so
+    both condition on the same mask."""
+    return recompute_masks(ldr, mask_mode_of(d), float(d.get("mask_ema_alpha", EMA_ALPHA)))
+
+
+def reference_unit(frame: torch.Tensor, d: dict) -> torch.Tensor:
+    """A VACE reference frame (1, 3, H, W) of linear radiance -> the [0, 1]-scaled input the VAE sees as 2 x - 1.
+
+    ``linear`` (the public training code: diffsynth/data/hdr_video.py keeps the first GT frame linear and
+    WanVideoUnit_VACE feeds it with preprocess_video(is_exr=True), i.e. 2 lin - 1; clamped at [0, M] like the public
+    loader's frames); ``log_gamma``: Log-Gamma mapped like the target (the public inference's treatment of a user
+    reference, infer_video.py, at +5 EV)."""
+    if d["reference_mapping"] == "linear":
+        return frame.float().clamp(0.0, float(d["log_gamma_m"]))
+    return C.hdr_to_unit(frame, m=float(d["log_gamma_m"]), g=float(d["log_gamma_g"]))
 
 
 def collate(items: list[dict]) -> dict:
@@ -179,10 +287,8 @@ class LatentCache:
     def put(self, key: str, latent: torch.Tensor) -> None:
         from safetensors.torch import save_file
 
-        p = self.dir / f"{key}.safetensors"
-        tmp = p.with_name(f".{p.name}.{os.getpid()}.tmp")
-        save_file({"latent": latent.detach().cpu().contiguous()}, tmp)
-        os.replace(tmp, p)
+        with atomic_path(self.dir / f"{key}.safetensors") as tmp:
+            save_file({"latent": latent.detach().cpu().contiguous()}, tmp)
 
 
 class DiffHDRTask:
@@ -193,10 +299,20 @@ class DiffHDRTask:
         self.manifest = manifest
         self._dataset = dataset
         self.dcfg = resolve_data_config(config.get("data"))
-        self.fcfg = dict(config.get("flow") or {})
+        self.fcfg = resolve_flow_config(config.get("flow"), self.dcfg["recipe"])
         self.mcfg = dict(config.get("model") or {})
         if manifest is None and dataset is None:
             raise TrainError("diffhdr: a manifest (or a dataset) is required")
+
+    def resolve_config(self, config: dict) -> dict:
+        """The run config with every choice filled in (engine hook; what ``RUN/config.yaml`` records): the data
+        recipe's keys, the flow settings and the whole ``train:`` section with this trainer's defaults."""
+        out = copy.deepcopy(config)
+        out["data"] = dict(self.dcfg)
+        out["flow"] = dict(self.fcfg)
+        train = asdict(TrainConfig.from_dict({**TRAIN_DEFAULTS, **(config.get("train") or {})}))
+        out["train"] = {k: list(v) if isinstance(v, tuple) else v for k, v in train.items()}
+        return out
 
     # ---- engine protocol
     def build(self, config, device, weight_dtype):
@@ -261,7 +377,10 @@ class DiffHDRTask:
         L = int(self.dcfg["max_sequence_length"])
         missing = [p for p in dict.fromkeys(prompts) if p not in self._text_cache]
         if missing:
-            tok = self.tokenizer(missing, padding="max_length", max_length=L, truncation=True,
+            from diffusers.pipelines.wan.pipeline_wan_vace import prompt_clean   # the pipeline's (and DiffSynth's)
+
+            tok = self.tokenizer([prompt_clean(p) for p in missing], padding="max_length", max_length=L,
+                                 truncation=True,
                                  add_special_tokens=True, return_attention_mask=True, return_tensors="pt")
             ids, mask = tok.input_ids.to(self.device), tok.attention_mask.to(self.device)
             emb = self.text_encoder(ids, mask).last_hidden_state
@@ -280,7 +399,8 @@ class DiffHDRTask:
         m, g = float(d["log_gamma_m"]), float(d["log_gamma_g"])
         r_prompt, r_over, r_drop, r_ref = (float(x) for x in torch.rand(4, generator=generator))
         stops = exposure_stops(item.get("params") or {})
-        prompt, text_to_hdr = draw_prompt(r_prompt, r_drop, d["prompt_mode"], item, float(d["caption_dropout"]))
+        prompt, text_to_hdr = draw_prompt(r_prompt, r_drop, d["prompt_mode"], item, float(d["caption_dropout"]),
+                                          d["region_prompts"])
         use_ref = use_reference(r_prompt, r_ref, d) and not text_to_hdr
 
         hdr = item["hdr"].to(self.device).float()                       # (T, 3, H, W) linear
@@ -298,14 +418,14 @@ class DiffHDRTask:
             if key is not None:
                 self.cache.put(key, latent)
         if d["mask_mode"] != "dataset":
-            item = {**item, **recompute_masks(item["ldr"], d["mask_mode"])}
+            item = {**item, **window_masks(item["ldr"], d)}
         control, mask = control_video(item, d, r_over < float(d["gray_over_prob"]), text_to_hdr, self.device)
         ctrl = C.control_latents(self.vae, control[None], mask[None], self.patch_hw)[0]
         if use_ref:
-            # VACE reference (public code, DiffSynth layout): the first GT frame, at the target's exposure, in
-            # Log-Gamma, encoded alone and prepended in time to the target latent (it is denoised and in the loss
-            # too) and to the context as [ref latent, zeros] with a zero mask
-            ref = C.encode(self.vae, C.to_vae_video(C.hdr_to_unit(hdr[:1] * float(2.0 ** shift), m=m, g=g)[None]))[0]
+            # VACE reference (public code, DiffSynth layout): the first GT frame at the target's exposure, encoded
+            # alone and prepended in time to the target latent (it is denoised and in the loss too) and to the
+            # context as [ref latent, zeros] with a zero mask
+            ref = C.encode(self.vae, C.to_vae_video(reference_unit(hdr[:1] * float(2.0 ** shift), d)[None]))[0]
             latent = torch.cat([ref, latent], dim=1)
             ctrl = torch.cat([torch.cat([ref, torch.zeros_like(ref), torch.zeros(64, *ref.shape[1:]).to(ref)]), ctrl],
                              dim=1)
@@ -360,11 +480,10 @@ class DiffHDRTask:
                                           transformer_lora_adapter_metadata=meta)
         info = {"lora": self.lora_info, "model": {k: v for k, v in self.mcfg.items() if k != "lora"},
                 "data": {k: self.dcfg[k] for k in ("recipe", "preset", "log_gamma_m", "log_gamma_g",
-                                                    "max_sequence_length")},
+                                                    "max_sequence_length", "mask_mode", "mask_values",
+                                                    "mask_ema_alpha", "reference_mapping", "target_exposure")},
                 "flow": self.fcfg, "format": "diffusers WanVACEPipeline.load_lora_weights (transformer.*)"}
-        tmp = run_dir / ".lora.json.tmp"
-        tmp.write_text(json.dumps(info, indent=2, default=str))
-        os.replace(tmp, run_dir / "lora.json")
+        atomic_write_text(run_dir / "lora.json", json.dumps(info, indent=2, default=str))
         return [str(run_dir / LORA_FILE), str(run_dir / "lora.json")]
 
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -73,6 +72,7 @@ def main(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
     from hdr.io import write_exr
+    from hdr.storage import atomic_path, atomic_write_text
     from train.engine import TrainError, resolve_device
     from train.hdrvdiff.pipeline import HDRVDiffPipeline
 
@@ -90,17 +90,14 @@ def main(args: argparse.Namespace) -> int:
         hdr = pipe(ldr, exposures, seed=args.seed, progress=lambda it: tqdm(it, desc="hdrvdiff", unit="frame"))
         out.mkdir(parents=True, exist_ok=True)
         for path, img in zip(targets, hdr):
-            tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")
-            write_exr(tmp, img.permute(1, 2, 0).numpy(), half=args.half)
-            os.replace(tmp, path)
+            with atomic_path(path) as tmp:
+                write_exr(tmp, img.permute(1, 2, 0).numpy(), half=args.half)
         record = {"schema": "hdr-toolkit/hdrvdiff-infer/1", "run": str(Path(args.run).resolve()),
                   "input": str(Path(args.input).resolve()), "frames": [p.name for p in targets],
                   "exposures": exposures, "seed": args.seed, "ddim_steps": pipe.stage.ddim_steps,
                   "units": "linear radiance relative to the EV-0 frame (I^2.2 / e_k)",
                   "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
-        tmp = out / ".hdrvdiff_infer.json.tmp"
-        tmp.write_text(json.dumps(record, indent=2))
-        os.replace(tmp, out / "hdrvdiff_infer.json")
+        atomic_write_text(out / "hdrvdiff_infer.json", json.dumps(record, indent=2))
     except TrainError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -12,13 +12,12 @@ from __future__ import annotations
 
 import copy
 import json
-import os
-import shutil
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from hdr.storage import atomic_dir, atomic_write_text
 from train.engine import TrainError, load_trainable_state
 from train.hdrvdiff.data import prepare, random_crop
 from train.hdrvdiff.ldm import SD_SCHEDULER, HDRLDM, load_vae
@@ -237,12 +236,8 @@ def build_stage(stage: str, config: dict) -> _Stage:
 
 def _publish_pretrained(model, folder: Path) -> None:
     """save_pretrained into a temporary folder, then rename into place (never a half-written export)."""
-    tmp = folder.with_name(f".tmp-{folder.name}-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(str(tmp))
-    if folder.exists():
-        shutil.rmtree(folder)
-    os.replace(tmp, folder)
+    with atomic_dir(folder) as tmp:
+        model.save_pretrained(str(tmp))
 
 
 class HDRVDiffTask:
@@ -314,9 +309,7 @@ class HDRVDiffTask:
         if self.stage == "recon":
             record["ldm_dir"] = str(Path(m["ldm_dir"]).resolve())
             record["temporal_dir"] = str(Path(m["temporal_dir"]).resolve())
-        tmp = run_dir / f".{RECORD}.tmp"
-        tmp.write_text(json.dumps(record, indent=2, default=str))
-        os.replace(tmp, run_dir / RECORD)
+        atomic_write_text(run_dir / RECORD, json.dumps(record, indent=2, default=str))
         return written + [str(run_dir / RECORD)]
 
     def describe(self) -> dict:
