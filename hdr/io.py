@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import struct
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -271,15 +272,37 @@ def _row_slices(rows: int, chunk_rows: int) -> Iterator[slice]:
     return (slice(r, r + chunk_rows) for r in range(0, rows, chunk_rows))
 
 
-def sanitize(img: np.ndarray, chunk_rows: int = 256) -> dict:
+NEGATIVE_POLICIES = ("redistribute", "clamp", "keep")
+_NEGATIVE_RULES = {
+    "clamp": "negative->0",
+    "redistribute": "negative->0 with its energy taken from positive neighbours (redistribute_negative)",
+    "keep": "negative kept (signed map; the renderer clamps each output pixel at 0)",
+}
+REDISTRIBUTE_MAX_RADIUS = 8  # texels: windows up to 17x17; what a 17x17 window cannot fill is clamped (recorded)
+
+
+def sanitize_policy(negative: str = "clamp") -> str:
+    """The rule text recorded with every sanitised image (``policy`` in :func:`sanitize`'s record)."""
+    return f"nan->0, -inf->0, {_NEGATIVE_RULES[negative]}, +inf->max finite"
+
+
+def sanitize(img: np.ndarray, chunk_rows: int = 256, negative: str = "clamp", equirect: bool = False,
+             max_radius: int = REDISTRIBUTE_MAX_RADIUS) -> dict:
     """Make every texel of a float32 image valid radiance, in place, and count what changed (array elements).
 
-    THE policy of the toolkit: NaN -> 0, -inf -> 0, negative -> 0 (radiance is never negative; lossy DWAA/DWAB
-    rings below 0 around bright edges), +inf -> the largest finite value of the image (0 if none). Works in row
-    chunks so the masks of a 16k map stay small; ``posinf_replaced_with`` is 0.0 when there was no +inf.
+    THE policy of the toolkit: NaN -> 0, -inf -> 0, +inf -> the largest finite value of the image (0 if none), and
+    negative texels (radiance is never negative; lossy DWAA/DWAB rings below 0 around bright edges) by ``negative``:
+    ``"clamp"`` -> 0 (frames after the pixel filter); ``"redistribute"`` (equirect maps) -> 0 with their energy
+    taken from positive neighbours by :func:`redistribute_negative`, so the map's local sums on the sphere are
+    kept (its record is ``negative_repair``); ``"keep"`` leaves them (counted) for a renderer that filters the
+    signed map and clamps its pixels. For an ``equirect`` map with negative texels the record also holds their
+    energy on the sphere (``negative_energy``, :func:`sphere_energy`). Works in row chunks so the masks of a 16k map
+    stay small; ``posinf_replaced_with`` is 0.0 when there was no +inf.
     """
     if img.dtype != np.float32:
         raise TypeError(f"sanitize works in place on float32 arrays, got {img.dtype}")
+    if negative not in NEGATIVE_POLICIES:
+        raise ValueError(f"unknown negative-texel policy {negative!r}; one of {', '.join(NEGATIVE_POLICIES)}")
     counts = {"nan": 0, "posinf": 0, "neginf": 0, "negative": 0}
     finite_max = 0.0
     dirty = []
@@ -301,11 +324,225 @@ def sanitize(img: np.ndarray, chunk_rows: int = 256) -> dict:
         counts["negative"] += below_zero
         if bad or below_zero:
             dirty.append(rows)
+    if negative == "redistribute" and not equirect:
+        raise ValueError("negative='redistribute' works on the sphere: it needs equirect=True")
     for rows in dirty:  # pass 2: repair only the chunks that need it
+        np.nan_to_num(img[rows], copy=False, nan=0.0, posinf=finite_max, neginf=0.0)
+    record = {**counts, "posinf_replaced_with": finite_max if counts["posinf"] else 0.0,
+              "policy": sanitize_policy(negative)}
+    if equirect and counts["negative"]:
+        record["negative_energy"] = sphere_energy(img, chunk_rows)
+    if negative == "clamp":
+        for rows in dirty:
+            np.maximum(img[rows], 0.0, out=img[rows])
+    elif negative == "redistribute" and counts["negative"]:
+        record["negative_repair"] = redistribute_negative(img, max_radius=max_radius, chunk=chunk_rows,
+                                                          energy=record["negative_energy"])
+    return record
+
+
+ENERGY_UNIT = "contribution to the map's mean radiance over the sphere (integral over solid angle / 4 pi), per channel"
+
+
+def sphere_energy(img: np.ndarray, chunk_rows: int = 256) -> dict:
+    """The positive and negative energy of an equirect map on the sphere, per channel (texel value x solid angle,
+    in :data:`ENERGY_UNIT`), and how many array elements are negative."""
+    h, w = img.shape[:2]
+    weights = _sphere_weights(h)
+    norm = 1.0 / (w * weights.sum())
+    pos = np.zeros(img.shape[2])
+    neg = np.zeros(img.shape[2])
+    count = 0
+    for rows in _row_slices(h, chunk_rows):
         c = img[rows]
-        np.nan_to_num(c, copy=False, nan=0.0, posinf=finite_max, neginf=0.0)
-        np.maximum(c, 0.0, out=c)
-    return {**counts, "posinf_replaced_with": finite_max if counts["posinf"] else 0.0, "policy": SANITIZE_POLICY}
+        below = c < 0
+        n = int(np.count_nonzero(below))
+        row_neg = np.where(below, c, 0.0).sum(axis=1, dtype=np.float64) if n else 0.0  # (rows, C)
+        row_pos = c.sum(axis=1, dtype=np.float64) - row_neg
+        pos += (row_pos * weights[rows][:, None]).sum(0)
+        neg -= (row_neg * weights[rows][:, None]).sum(0) if n else 0.0
+        count += n
+    return {"energy_unit": ENERGY_UNIT, "texels": count, "negative": [float(x) for x in neg * norm],
+            "positive": [float(x) for x in pos * norm],
+            "fraction_of_positive": [float(x) for x in np.divide(neg, pos, out=np.zeros_like(neg), where=pos > 0)]}
+
+
+def _window(a: np.ndarray, r: int, reduce, wrap: bool, pole_top: bool, pole_bottom: bool) -> np.ndarray:
+    """``reduce`` (np.add or np.maximum) over the (2r+1)^2 texel window of every texel of a block (h, w, 3) of an
+    equirect map. Longitude wraps when the block is the full width (``wrap``); across a pole the window continues
+    in the mirrored rows half a turn away (row -1 is row 0 at longitude + 180 degrees, as Cycles' lookup does);
+    other block edges see nothing beyond them (the callers give blocks a halo of r texels). The neighbourhood is
+    symmetric (j in the window of i iff i in the window of j), which makes the transfer below conserve energy."""
+    h, w = a.shape[:2]
+    pad = np.zeros((r, *a.shape[1:]), a.dtype)
+    up = np.roll(a[r - 1 :: -1], w // 2, axis=1) if pole_top else pad
+    down = np.roll(a[: -r - 1 : -1], w // 2, axis=1) if pole_bottom else pad
+    rows = np.concatenate([up, a, down], 0)
+    out = rows[:h].copy()
+    for k in range(1, 2 * r + 1):
+        reduce(out, rows[k : k + h], out=out)
+    if wrap:
+        cols = np.concatenate([out[:, w - r :], out, out[:, :r]], 1)
+    else:
+        side = np.zeros((h, r, *a.shape[2:]), a.dtype)
+        cols = np.concatenate([side, out, side], 1)
+    res = cols[:, :w].copy()
+    for k in range(1, 2 * r + 1):
+        reduce(res, cols[:, k : k + w], out=res)
+    return res
+
+
+_PASSES_PER_RADIUS = 3
+
+
+def _fill_block(e: np.ndarray, core: np.ndarray, max_radius: int, wrap: bool, pole_top: bool,
+                pole_bottom: bool) -> tuple[np.ndarray, int, np.ndarray, int]:
+    """Fill the negative texels of ``e`` (solid-angle energies, float64, in place) that ``core`` marks, from the
+    positive texels of their windows, growing the radius from 1 to ``max_radius``.
+
+    One pass at radius r: negative texel i asks its window W_i (positive energy P_i) for a_i = min(deficit_i, P_i),
+    i.e. the fraction q_i = a_i / P_i of every positive texel in it. Texel j would give p_j * sum_{i in W_j} q_i;
+    where that sum exceeds 1 (negatives competing for one texel) every asking texel whose window holds such a j
+    scales its request by 1 / max_{j in W_i} sum: then no texel gives more than it has, and what the positives give
+    equals what the negatives receive exactly (the windows are symmetric). Returns (energy moved per channel,
+    largest radius that moved energy, residual clamped per channel, residual texels)."""
+    moved = np.zeros(e.shape[2])
+    used = 0
+    for r in range(1, max_radius + 1):
+        for _ in range(_PASSES_PER_RADIUS):
+            neg = core & (e < 0)
+            if not neg.any():
+                break
+            p = np.maximum(e, 0.0)
+            box_p = _window(p, r, np.add, wrap, pole_top, pole_bottom)
+            ask = neg & (box_p > 0)
+            if not ask.any():
+                break
+            want = np.where(ask, np.minimum(-e, box_p), 0.0)
+            q = np.divide(want, box_p, out=np.zeros_like(e), where=ask)
+            share = _window(q, r, np.add, wrap, pole_top, pole_bottom)
+            scale = 1.0 / np.maximum(_window(share, r, np.maximum, wrap, pole_top, pole_bottom), 1.0)
+            gain = want * scale
+            give = np.minimum(_window(q * scale, r, np.add, wrap, pole_top, pole_bottom), 1.0)
+            e -= p * give
+            e += gain  # exactly 0 where the whole deficit was filled (-d + d)
+            moved += gain.sum((0, 1))
+            used = r
+        if not (core & (e < 0)).any():
+            break
+    left = core & (e < 0)
+    residual = -np.where(left, e, 0.0).sum((0, 1))
+    e[left] = 0.0
+    return moved, used, residual, int(np.count_nonzero(left))
+
+
+def _repair_blocks(h: int, w: int, r: int, tile: int):
+    """(core rows, block rows, block columns or None for the full width, pole_top, pole_bottom) covering the map.
+    Blocks have a halo of r texels beyond their core; the polar bands (r rows) are full width so windows can cross
+    the pole."""
+    if h <= 4 * r:
+        yield slice(0, h), slice(0, h), None, True, True
+        return
+    yield slice(0, r), slice(0, 2 * r), None, True, False
+    for a in range(r, h - r, tile):
+        b = min(a + tile, h - r)
+        if w <= 2 * tile + 2 * r:
+            yield slice(a, b), slice(a - r, b + r), None, False, False
+            continue
+        for c in range(0, w, tile):
+            d = min(c + tile, w)
+            yield slice(a, b), slice(a - r, b + r), np.arange(c - r, d + r) % w, False, False
+    yield slice(h - r, h), slice(h - 2 * r, h), None, False, True
+
+
+def _sphere_weights(h: int) -> np.ndarray:
+    """Solid angle of a texel of each row, relative: cos(elevation) at the row centre (exactly proportional to the
+    row's true solid angle)."""
+    return np.sin(np.pi * (np.arange(h) + 0.5) / h)
+
+
+def redistribute_negative(img: np.ndarray, max_radius: int = REDISTRIBUTE_MAX_RADIUS, tile: int = 256,
+                          chunk: int = 256, energy: dict | None = None) -> dict:
+    """Remove the negative texels of a finite float32 equirect map in place, keeping its energy on the sphere.
+
+    Per channel, each negative texel's deficit (value x solid angle) is taken from the positive texels of its
+    (2r+1) x (2r+1) window, proportionally to their energy, r growing from 1 to ``max_radius`` (see
+    :func:`_fill_block`); windows wrap in longitude and cross the poles. So every sum over a region larger than the
+    window, and the integral over the sphere, is what the signed map holds (to float32 precision), and a pixel
+    filter wider than the window sees the signed map. Deficits that their largest window cannot fill are clamped to
+    0 (``residual``). Texels farther than ``max_radius`` from any negative texel are not touched. Works on blocks of
+    ``tile`` x ``tile`` texels (plus a halo) that hold negatives, in float64: memory stays small for 16k maps.
+
+    Energies are in :data:`ENERGY_UNIT`; ``energy`` is the map's :func:`sphere_energy` if the caller has it.
+    """
+    if img.dtype != np.float32 or img.ndim != 3:
+        raise TypeError(f"redistribute_negative works in place on float32 (H, W, C) arrays, got {img.dtype} "
+                        f"{img.shape}")
+    h, w = img.shape[:2]
+    problem = equirect_problem(w, h)
+    if problem:
+        raise ValueError(f"redistribute_negative needs an equirect map: {problem}")
+    t0 = time.perf_counter()
+    r = max(1, min(int(max_radius), (h - 1) // 2, (w // 2 - 1) // 2))
+    weights = _sphere_weights(h)
+    norm = 1.0 / (w * weights.sum())  # energy units: ENERGY_UNIT
+    pos = np.array((energy or sphere_energy(img, chunk))["positive"]) / norm
+    neg_rows = np.zeros(h, bool)
+    for rows in _row_slices(h, chunk):
+        neg_rows[rows] = (img[rows] < 0).any(axis=(1, 2))
+    moved = np.zeros(img.shape[2])
+    residual = np.zeros(img.shape[2])
+    texels = residual_texels = blocks = largest = 0
+    for core_rows, rows, cols, top, bottom in _repair_blocks(h, w, r, tile):
+        if not neg_rows[core_rows].any():
+            continue
+        block = img[rows] if cols is None else img[rows, cols]  # a view of full-width bands, else a copy
+        core = np.zeros(block.shape, bool)
+        inner = slice(core_rows.start - rows.start, core_rows.stop - rows.start)
+        inner_cols = slice(None) if cols is None else slice(r, len(cols) - r)
+        core[inner, inner_cols] = block[inner, inner_cols] < 0
+        if not core.any():
+            continue
+        # Work on the negatives' bounding box plus r: nothing farther can change. A pole or the seam stays in
+        # play only if a window reaches it.
+        ys, xs = np.nonzero(core.any(axis=2))
+        bh, bw = block.shape[:2]
+        top = top and ys.min() < r
+        bottom = bottom and ys.max() + r >= bh
+        y0, y1 = (0 if top else max(0, ys.min() - r)), (bh if bottom else min(bh, ys.max() + 1 + r))
+        wrap = cols is None and (top or bottom or xs.min() < r or xs.max() + r >= bw)
+        x0, x1 = (0, bw) if wrap else (max(0, xs.min() - r), min(bw, xs.max() + 1 + r))
+        core = core[y0:y1, x0:x1]
+        wr = weights[rows][y0:y1, None, None]
+        e = block[y0:y1, x0:x1].astype(np.float64) * wr
+        got, used, left, n_left = _fill_block(e, core, r, wrap, top, bottom)
+        block[y0:y1, x0:x1] = (e / wr).astype(np.float32)
+        if cols is not None:
+            img[rows, cols] = block
+        texels += int(np.count_nonzero(core))
+        moved += got
+        residual += left
+        residual_texels += n_left
+        largest = max(largest, used)
+        blocks += 1
+    ratio = lambda a: [float(x) for x in np.divide(a, pos, out=np.zeros_like(a), where=pos > 0)]  # noqa: E731
+    return {
+        "method": "per channel, each negative texel's energy (value x solid angle, cos(elevation)) taken from the "
+                  "positive texels of its (2r+1)^2 window in proportion to their energy, r = 1, 2, ... up to "
+                  "max_radius; windows wrap in longitude and cross the poles; what the largest window cannot fill "
+                  "is clamped to 0 (residual)",
+        "energy_unit": ENERGY_UNIT,
+        "max_radius": r,
+        "texels": texels,
+        "moved_energy": [float(x) for x in moved * norm],
+        "moved_fraction_of_positive": ratio(moved),
+        "largest_window": 2 * largest + 1 if largest else 0,
+        "residual_energy_clamped": [float(x) for x in residual * norm],
+        "residual_fraction_of_positive": ratio(residual),
+        "residual_texels": residual_texels,
+        "blocks": blocks,
+        "seconds": time.perf_counter() - t0,
+    }
 
 
 def equirect_problem(width: int, height: int) -> str | None:

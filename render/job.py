@@ -6,7 +6,7 @@ engine: planning, the bad-value policy, statistics, the writer, resume and bookk
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
+import math
 import os
 import platform
 import shutil
@@ -19,14 +19,19 @@ import numpy as np
 
 import hdr
 from hdr.color import luminance
-from hdr.io import HdrImageError, equirect_problem, read_header, read_image, sanitize, write_exr
+from hdr.io import HdrImageError, equirect_problem, read_header, read_image, sanitize, sanitize_policy, write_exr
 from hdr.seeding import SEED_DERIVATION
-from hdr.storage import Store
+from hdr.storage import Store, sha256_file
 from render import analysis, camera, layout
 from render.engines import EngineError, HdriSource, get_engine
-from render.programs import PROGRAMS, ClipPlan, plan_clip
+from render.programs import PROGRAMS, ClipPlan, FrameCamera, plan_clip
 
 STATS_SAMPLE = 16384  # luminance values kept per frame for clip percentiles
+# What a map's negative texels become (README, "Bad input"): "signed" renders the decoded map as it is and clamps each
+# filtered pixel at 0 (Blender renders its positive and negative parts as two non-negative maps and subtracts);
+# "redistribute" fills them from their positive neighbours (hdr.io.redistribute_negative); "clamp" sets them to 0.
+NEGATIVE_TEXELS = ("signed", "redistribute", "clamp")
+_SANITIZE_NEGATIVE = {"signed": "keep", "redistribute": "redistribute", "clamp": "clamp"}
 
 
 @dataclass(frozen=True)
@@ -45,6 +50,12 @@ class RenderSettings:
     device: str = "auto"
     threads: int = 0
     overwrite: bool = False
+    negative_texels: str = "signed"  # one of NEGATIVE_TEXELS
+
+    def __post_init__(self):
+        if self.negative_texels not in NEGATIVE_TEXELS:
+            raise ValueError(f"unknown negative-texel policy {self.negative_texels!r}; "
+                             f"one of {', '.join(NEGATIVE_TEXELS)}")
 
     def fingerprint(self) -> dict:
         """What a finished clip must have been rendered with to be reused on a rerun."""
@@ -57,6 +68,7 @@ class RenderSettings:
             **({"max_samples": self.max_samples} if self.engine == "direct" else {}),
             "half": self.half,
             "compression": self.compression,
+            "negative_texels": self.negative_texels,
         }
 
 
@@ -84,14 +96,6 @@ class HdriResult:
 
 class InputError(Exception):
     """The HDRI itself is unusable; retrying will not help."""
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _node() -> dict:
@@ -126,15 +130,68 @@ def _now() -> str:
 
 @dataclass
 class _Hdri:
-    """An HDRI ready to render: header, hash, sanitisation record, statistics and aims."""
+    """An HDRI ready to render: header, hash, sanitisation record, statistics and aims; with the ``signed`` policy
+    and an engine that needs a file, also the map's negative part (``negative``) and where on the sphere it is."""
 
     meta: dict
     aims: dict
     source: HdriSource
+    negative: HdriSource | None = None
+    negative_cells: tuple[np.ndarray, float] | None = None  # unit directions of map cells holding negatives, radius
+
+
+NEGATIVE_CELLS_MAX_WIDTH = 512  # the negative part's footprint is tracked on cells of at most 512x256 per map
+
+
+def _split_negative(img: np.ndarray, scratch: Path, chunk_rows: int = 256) -> tuple[Path, tuple[np.ndarray, float]]:
+    """Move the negative part of a signed map into its own non-negative map, in place: ``img`` becomes max(x, 0), the
+    file written holds max(-x, 0) (so x = positive - negative, and a renderer that is linear in the map renders x as
+    the difference of two renders of non-negative maps). Also returns where the negatives are: the unit directions of
+    the centres of the cells (f x f texels) that hold any, and an angular radius covering a cell plus the one-texel
+    reach of bilinear lookups."""
+    h, w = img.shape[:2]
+    f = max(1, -(-w // NEGATIVE_CELLS_MAX_WIDTH))
+    while w % f or h % f:
+        f -= 1
+    neg = np.zeros_like(img)  # calloc: pages that stay zero take no memory
+    cells = np.zeros((h // f, w // f), bool)
+    step = max(f, chunk_rows // f * f)
+    for r0 in range(0, h, step):
+        c = img[r0 : r0 + step]
+        below = c < 0
+        if below.any():
+            neg[r0 : r0 + step] = np.where(below, -c, 0.0)
+            np.maximum(c, 0.0, out=c)
+            rows = c.shape[0] // f
+            cells[r0 // f : r0 // f + rows] = below.any(axis=2).reshape(rows, f, w // f, f).any(axis=(1, 3))
+    path = scratch / "hdri_negative.exr"
+    write_exr(path, neg, compression="zip")  # almost all zeros: small and quick
+    del neg
+    r, c = np.nonzero(cells)
+    az, el = camera.equirect_to_azel((c + 0.5) * f, (r + 0.5) * f, w, h)
+    dirs = np.stack([np.cos(el) * np.cos(az), np.cos(el) * np.sin(az), np.sin(el)], -1)
+    texel = np.pi / h
+    return path, (dirs, (f * 0.75 + 1.0) * texel)
+
+
+def _sees(cells: tuple[np.ndarray, float], fc, width: int, height: int) -> bool:
+    """Whether any cell of ``cells`` can reach a pixel of the frame: within the cone around the view axis that holds
+    the image's diagonal, widened by the cell radius and the pixel filter's reach (2 pixels at the image centre,
+    where pixels subtend the largest angle). Conservative: a frame it rejects sees none of those texels."""
+    dirs, radius = cells
+    if not len(dirs):
+        return False
+    sw, sh = camera.sensor_size(width, height)
+    half_diag = math.atan(math.hypot(sw / 2, sh / 2) / fc.focal_mm)
+    reach = half_diag + radius + 2 * sw / width / fc.focal_mm
+    if reach >= math.pi:
+        return True
+    return bool((dirs @ np.asarray(fc.view_direction()) >= math.cos(reach)).any())
 
 
 def _prepare_hdri(local: Path, task: HdriTask, needs: str, scratch: Path) -> _Hdri:
     name = f"{task.hdri_rel}"
+    policy = task.settings.negative_texels
     try:
         header = read_header(local, name=name)
     except HdrImageError as e:
@@ -146,13 +203,14 @@ def _prepare_hdri(local: Path, task: HdriTask, needs: str, scratch: Path) -> _Hd
         img = read_image(local, name=name)
     except HdrImageError as e:
         raise InputError(str(e)) from e
-    bad = sanitize(img)
+    bad = sanitize(img, negative=_SANITIZE_NEGATIVE[policy], equirect=True)
+    bad["negative_texels"] = policy
     lum_small, factor = analysis.luminance_map(img)
     aims = analysis.aims(lum_small, factor)
     meta = {
         "rel": task.hdri_rel,
         "uri": Store(task.hdris_url).uri(task.hdri_rel),
-        "sha256": _sha256(local),
+        "sha256": sha256_file(local),
         "bytes": local.stat().st_size,
         "format": header.format,
         "width": header.width,
@@ -163,19 +221,55 @@ def _prepare_hdri(local: Path, task: HdriTask, needs: str, scratch: Path) -> _Hd
         "radiance": analysis.radiance_stats(lum_small, max_channel=float(img.max())),
         "radiance_note": f"statistics of the luminance map area-averaged {factor}x{factor}",
     }
+    signed = policy == "signed" and bad["negative"] > 0
     changed = any(bad[k] for k in ("nan", "posinf", "neginf", "negative"))
+    negative = cells = None
     if needs == "pixels":
         source = HdriSource(path=None, pixels=img, width=header.width, height=header.height)
+        if signed:
+            meta["engine_input"] = "the signed map (negative texels kept): the pixel filter sees them"
     elif header.format == "exr" and not changed:
         source = HdriSource(path=local, pixels=None, width=header.width, height=header.height)
         del img
     else:  # .hdr, or texels were repaired: hand the engine the sanitised radiance
+        if signed:  # Cycles is given only non-negative maps: the positive part here, the negative part on its own
+            neg_path, cells = _split_negative(img, scratch)
+            negative = HdriSource(path=neg_path, pixels=None, width=header.width, height=header.height)
+            meta["engine_input"] = ("the signed map as two non-negative float32 copies, positive part max(x, 0) and "
+                                    "negative part max(-x, 0); a frame is render(positive) - render(negative), the "
+                                    "same camera and samples, i.e. the pixel-filtered signed map")
+        else:
+            meta["engine_input"] = "sanitised float32 copy (see sanitize)"
         clean = scratch / "hdri_clean.exr"
         write_exr(clean, img, compression="none")
-        meta["engine_input"] = "sanitised float32 copy (see sanitize)"
         source = HdriSource(path=clean, pixels=None, width=header.width, height=header.height)
         del img
-    return _Hdri(meta=meta, aims=aims, source=source)
+    return _Hdri(meta=meta, aims=aims, source=source, negative=negative, negative_cells=cells)
+
+
+def _render_negative_part(engine, hdri: _Hdri, task: HdriTask, programs, scratch: Path) -> dict:
+    """With the map's negative part loaded, render it for every frame of ``programs`` that can see it (same camera,
+    same seed, so the same samples as the positive part's render) and keep each frame in scratch.
+    Returns {program: {"frames": {index: path}, "seconds": render seconds}}."""
+    s = task.settings
+    engine.load(hdri.negative)
+    parts = {}
+    for program in programs:
+        plan = plan_clip(program, s.frames, s.seed, task.hdri_id, hdri.aims)
+        seen = [fc for fc in plan.frames if _sees(hdri.negative_cells, fc, s.width, s.height)]
+        parts[program] = {"frames": {}, "seconds": 0.0}
+        if not seen:
+            continue
+        # renumbered 0..n-1: Cycles' samples do not depend on the frame number (no animated seed), checked in tests
+        sub = ClipPlan(plan.clip_id, plan.program, plan.seed,
+                       tuple(FrameCamera(j, fc.focal_mm, fc.rotation_euler) for j, fc in enumerate(seen)), plan.params)
+        t0 = time.perf_counter()
+        for fc, img in zip(seen, engine.render(sub, s.width, s.height, scratch)):
+            path = scratch / f"neg_{program}_{fc.index:04d}.npy"
+            np.save(path, img)
+            parts[program]["frames"][fc.index] = path
+        parts[program]["seconds"] = time.perf_counter() - t0
+    return parts
 
 
 def _clip_record(task, plan, hdri, engine_info, frames, pooled, out_info, timing) -> dict:
@@ -221,7 +315,10 @@ def _clip_record(task, plan, hdri, engine_info, frames, pooled, out_info, timing
     }
 
 
-def _render_clip(task: HdriTask, out: Store, engine, hdri: _Hdri, program: str, scratch: Path) -> dict:
+def _render_clip(task: HdriTask, out: Store, engine, hdri: _Hdri, program: str, scratch: Path,
+                 negative: dict | None = None) -> dict:
+    """Render, check and publish one clip, then its clip.json. ``negative``: this clip's frames of the map's
+    negative part (:func:`_render_negative_part`), subtracted from the engine's frames before the clamp."""
     s = task.settings
     plan: ClipPlan = plan_clip(program, s.frames, s.seed, task.hdri_id, hdri.aims)
     rel = layout.clip_rel(task.hdri_id, plan.clip_id)
@@ -234,6 +331,9 @@ def _render_clip(task: HdriTask, out: Store, engine, hdri: _Hdri, program: str, 
     t_start = time.perf_counter()
     render_s = write_s = 0.0
     frames, pooled, clamped = [], [], 0
+    pixel_clamp = {"policy": sanitize_policy("clamp"), "applied": "every frame, after the pixel filter",
+                   "values_clamped": 0, "frames_clamped": 0, "largest_added_fraction": 0.0,
+                   "largest_added_fraction_note": "energy the clamp added to a frame / the frame's sum after it"}
     out_info: dict = {}
     it = iter(engine.render(plan, s.width, s.height, scratch))
     extras = engine.frame_extras(plan, s.width, s.height)
@@ -241,8 +341,20 @@ def _render_clip(task: HdriTask, out: Store, engine, hdri: _Hdri, program: str, 
         t0 = time.perf_counter()
         img = next(it)
         render_s += time.perf_counter() - t0
+        if negative and cam.index in negative["frames"]:
+            part = negative["frames"][cam.index]
+            img -= np.load(part)  # the signed map's frame: positive part - negative part
+            part.unlink()
         t0 = time.perf_counter()
-        bad = sanitize(img)  # engines should never produce these; if they do, the same policy applies and is recorded
+        # Never a negative or non-finite pixel: clamped at 0 after the filter (a signed map rings below 0 where a
+        # pixel resolves its lobes; engines should produce no NaN/inf, if they do the same policy applies), recorded.
+        lost = float(-np.minimum(img, 0.0).sum(dtype=np.float64, where=np.isfinite(img))) if img.min() < 0 else 0.0
+        bad = sanitize(img, negative="clamp")
+        if bad["negative"]:
+            pixel_clamp["values_clamped"] += bad["negative"]
+            pixel_clamp["frames_clamped"] += 1
+            pixel_clamp["largest_added_fraction"] = max(pixel_clamp["largest_added_fraction"],
+                                                        lost / max(float(img.sum(dtype=np.float64)), 1e-30))
         lum = luminance(img)
         tmp = scratch / f"out_{cam.index:04d}.exr"
         out_info = write_exr(tmp, img, half=s.half, compression=s.compression)
@@ -275,7 +387,17 @@ def _render_clip(task: HdriTask, out: Store, engine, hdri: _Hdri, program: str, 
         "pixel_type": out_info.get("pixel_type"),
         "compression": out_info.get("compression"),
         "clamp": {"value": out_info.get("clamp_value"), "texels_clamped": clamped} if s.half else None,
+        "pixel_clamp": pixel_clamp,
     }
+    if negative is not None:
+        out_info["negative_part"] = {
+            "method": "frame = render(positive part) - render(negative part), same camera and samples, then clamped",
+            "frames": sorted(negative["frames"]),
+            "render_seconds": negative["seconds"],
+            "frame_selection": "frames whose view (diagonal cone + pixel filter reach) meets a map cell holding "
+                               "negative texels; the others see none of them",
+        }
+        render_s += negative["seconds"]
     timing = {
         "render_seconds": render_s,
         "seconds_per_frame": render_s / max(1, len(frames)),
@@ -315,10 +437,21 @@ def render_hdri(task: HdriTask) -> HdriResult:
         with Store(task.hdris_url).local_copy(task.hdri_rel, scratch) as local:
             engine = get_engine(s.engine, **_engine_options(s))
             hdri = _prepare_hdri(Path(local), task, engine.needs, scratch)
-            engine.load(hdri.source)
+            parts = {}
+            if hdri.negative is not None:
+                try:
+                    parts = _render_negative_part(engine, hdri, task, todo, scratch)
+                except EngineError as e:
+                    for program in todo:
+                        result.clips[program] = {"status": "failed",
+                                                 "detail": f"{task.hdri_rel} / {program} (negative part): {e}"}
+                    todo = []
+            if todo:
+                engine.load(hdri.source)
             for program in todo:
                 try:
-                    result.clips[program] = _render_clip(task, out, engine, hdri, program, scratch)
+                    result.clips[program] = _render_clip(task, out, engine, hdri, program, scratch,
+                                                         parts.get(program))
                 except EngineError as e:
                     result.clips[program] = {"status": "failed", "detail": f"{task.hdri_rel} / {program}: {e}"}
     except InputError as e:

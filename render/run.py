@@ -21,7 +21,7 @@ from hdr.storage import Store, human_bytes
 from render import hdri as hdri_mod
 from render import layout
 from render.engines import ENGINES
-from render.job import HdriResult, HdriTask, RenderSettings, render_hdri
+from render.job import NEGATIVE_TEXELS, HdriResult, HdriTask, RenderSettings, render_hdri
 from render.programs import GROUPS, PROGRAMS, parse_programs
 
 FAILURES_FILE = "render_failures.json"
@@ -70,6 +70,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--half", action="store_true",
                    help="write half-float EXR (7.6x smaller); radiance above 65504 is clamped and the clamp recorded")
     p.add_argument("--compression", default="zip", help="EXR compression: zip, piz, zips, none, ...")
+    p.add_argument("--negative-texels", choices=NEGATIVE_TEXELS, default="signed",
+                   help="the map's negative texels (lossy DWAA/DWAB ringing): signed = render the decoded map as it "
+                   "is, clamp each filtered pixel at 0 (default); redistribute = fill them from positive neighbours "
+                   "first, keeping the energy on the sphere; clamp = set them to 0 first (the old policy)")
     p.add_argument("--overwrite", action="store_true",
                    help="re-render clips that are complete or were made with other settings (their folders are "
                    "replaced, including any augmentations/captions inside)")
@@ -172,7 +176,8 @@ def main(argv=None) -> int:
     settings = RenderSettings(frames=args.frames, width=w, height=h, samples=args.samples, seed=args.seed,
                               programs=programs, engine=args.engine, backend=args.backend,
                               max_samples=args.max_samples, half=args.half, compression=args.compression,
-                              device=args.device, threads=args.cpus_per_task, overwrite=args.overwrite)
+                              device=args.device, threads=args.cpus_per_task, overwrite=args.overwrite,
+                              negative_texels=args.negative_texels)
     out = Store(args.out)
     states = _states(out, entries, settings)
     todo_entries = [e for e in entries

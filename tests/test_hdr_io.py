@@ -238,6 +238,35 @@ def test_sanitize_edge_cases():
         sanitize(np.zeros((2, 2, 3)))
 
 
+def test_sanitize_negative_policies():
+    from hdr.io import sanitize_policy
+
+    signed = np.full((8, 16, 3), 1.0, np.float32)
+    signed[2, 3] = -0.25
+    signed[5, 0, 1] = np.nan
+    kept = signed.copy()
+    rec = sanitize(kept, negative="keep", equirect=True)
+    assert rec["negative"] == 3 and rec["nan"] == 1 and rec["policy"] == sanitize_policy("keep")
+    assert "negative kept" in rec["policy"] and "negative_repair" not in rec
+    assert (kept[2, 3] == -0.25).all() and kept[5, 0, 1] == 0  # NaN policy unchanged, negatives left signed
+    e = rec["negative_energy"]
+    w = np.sin(np.pi * (np.arange(8) + 0.5) / 8)
+    assert e["texels"] == 3 and e["negative"] == pytest.approx([0.25 * w[2] / (16 * w.sum())] * 3)
+    assert e["fraction_of_positive"][0] == pytest.approx(0.25 * w[2] / (16 * w.sum() - w[2]))
+    moved = signed.copy()
+    rec = sanitize(moved, negative="redistribute", equirect=True)
+    assert moved.min() >= 0 and rec["negative_repair"]["residual_texels"] == 0
+    assert rec["negative_repair"]["moved_energy"] == pytest.approx(e["negative"])
+    clamped = signed.copy()
+    rec = sanitize(clamped)  # the default: clamp, as for rendered frames
+    assert rec["policy"] == "nan->0, -inf->0, negative->0, +inf->max finite" and clamped.min() == 0
+    assert "negative_energy" not in rec  # only for equirect maps
+    with pytest.raises(ValueError, match="equirect"):
+        sanitize(signed.copy(), negative="redistribute")
+    with pytest.raises(ValueError, match="policy"):
+        sanitize(signed.copy(), negative="drop")
+
+
 def test_equirect_problem():
     assert equirect_problem(1024, 512) is None
     assert equirect_problem(1024, 1024) == "not a 2:1 equirectangular map (1024x1024)"

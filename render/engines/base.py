@@ -18,8 +18,10 @@ class EngineError(RuntimeError):
 
 @dataclass
 class HdriSource:
-    """What an engine may take: a local file holding clean float radiance (no NaN/inf/negative texels), and/or the
-    pixels (float32, H x W x 3, top row first). Engines say which one they need with :attr:`Engine.needs`."""
+    """What an engine may take: a local file holding finite, non-negative float radiance (what Cycles is given),
+    and/or the pixels (float32, H x W x 3, top row first; finite, and signed where the map's negative texels are kept,
+    ``negative_texels="signed"``: the engine filters them as they are and the job clamps each output pixel at 0).
+    Engines say which one they need with :attr:`Engine.needs`."""
 
     path: Path | None
     pixels: np.ndarray | None

@@ -11,7 +11,10 @@ It reproduces, from DESIGN.md and measured against Cycles in the tests:
   (k = round(sqrt(samples))) that neighbouring pixels share, i.e. the noise-free expectation of Cycles' estimate;
 - anti-aliasing when a pixel covers many texels: the number of texels per output pixel (at the image centre, in
   texels of the equator) is computed per frame and recorded in clip.json; the sample grid is refined until samples
-  are at most 0.5 texel apart (k <= 12), and beyond that the map is prefiltered by 2x2 box averaging (mip levels).
+  are at most 0.2 texel apart (k <= 16), and beyond that the map is prefiltered by 2x2 box averaging (mip levels);
+- signed maps: with ``negative_texels="signed"`` (the default) the pixels hold the decoded map's negative texels
+  (ringing of lossy DWAA/DWAB around suns). Every step above is linear, so the frame is the pixel filter's
+  expectation of the signed map; :mod:`render.job` clamps each output pixel at 0 afterwards (and records it).
 
 Memory: the map stays float32; mip levels are built on demand (+33% at most); the torch path also keeps the level in
 use as a padded channels-first copy for ``grid_sample`` (+100%); everything else is frame-sized (bands of rows).
@@ -252,6 +255,7 @@ class DirectEngine(Engine):
             "filter_width_px": FILTER_WIDTH_PX,
             "env_interpolation": "bilinear, wraps in longitude and across the poles",
             "prefilter": f"2x2 box mip levels keep samples <= {MAX_SAMPLE_SPACING_TEXELS} texel apart",
+            "map_values": "as given (signed where negative texels are kept); output pixels clamped at 0 by the job",
             "threads": self.threads or "auto",
         }
 
