@@ -37,8 +37,9 @@ inference) and shows that the agreement breaks. What breaks where, measured (run
 Fair with a fixed noise: training uses the very noise tensor the pipeline starts from (captured from the
 pipeline's first model call), so the ODE path is the straight segment noise -> target with the constant velocity
 noise - target, which a tiny LoRA memorises for both clips in ~600 steps on the CPU (400: ratio 0.12-0.13). Nothing
-about the conventions is given away: the sign of that velocity, which end of the segment the timestep 1000 denotes, the scheduler's sigmas/shift, the
-VACE control layout, the prompt embeddings, LoRA export/import and CFA are all the real code's.
+about the conventions is given away: the sign of that velocity, which end of the segment the timestep 1000 denotes,
+the scheduler's sigmas/shift, the VACE control layout, the prompt embeddings, LoRA export/import and CFA are all the
+real code's.
 
 Tiny model choices (measured): the shipped tiny transformer maps 24 hidden dims onto 64 outputs per token (patch
 1x2x2) and cannot represent a target at all (loss floor 0.65), so the test uses patch 1x1x1 and 4 heads of 48; the
