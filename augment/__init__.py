@@ -1,2 +1,4 @@
 """Augment stage: rendered HDR clips -> realistic LDR video (exposure shift, AR(1) heteroscedastic noise, sRGB,
-clipping, 8-bit quantisation) and exposure masks. Planned in issue #4; nothing is implemented here yet."""
+clipping, 8-bit quantisation) and exposure masks: :mod:`augment.degrade` (presets, the one 8-bit quantiser),
+:mod:`augment.masks`, :mod:`augment.alternating` (HDR-V-Diff's alternating exposures), :mod:`augment.clip` and the
+CLI :mod:`augment.run`."""

@@ -1,4 +1,4 @@
-"""Evaluation of HDR video predictions (issue #9).
+"""Evaluation of HDR video predictions.
 
 * :mod:`evaluate.metrics` -- PSNR_T / SSIM_T (mu-law, mu = 5000), PSNR-L, PU21-PSNR, temporal stability, PU21-PIQE,
   on numpy arrays or torch tensors; the normalisation, the PSNR cap, the cd/m^2 anchor and the CLIP-IQA/MUSIQ

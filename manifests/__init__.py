@@ -1,4 +1,4 @@
-"""Versioned, content-hashed dataset manifests; training and evaluation launch from them (issue #5).
+"""Versioned, content-hashed dataset manifests; training and evaluation launch from them.
 
     from manifests import open_manifest
     m = open_manifest("ROOT/manifests/v0003.parquet")      # or open_manifest(ROOT, "v3")

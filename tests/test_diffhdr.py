@@ -344,7 +344,7 @@ def test_reference_frame(tmp_path):
     assert ctrl[16:, :1].abs().max() == 0
 
 
-# ------------------------------------------------------------------------------- issue 15: recipes as published
+# ----------------------------------------------------------------------------------------- recipes as published
 
 def ramp_clip(t=5, hw=32):
     """A window whose exposure changes over time: the left half brightens by one stop per frame, the right half

@@ -1,5 +1,5 @@
 """evaluate, as the public DiffHDR evaluation (eval/cal_metrics.py) does it: the nits anchor, the CLIP-IQA/MUSIQ
-tonemap, PU21-PIQE, the FovVideoVDP call; and mu-law's one home (issue 15, items 4 and 5)."""
+tonemap, PU21-PIQE, the FovVideoVDP call; and mu-law's one home."""
 from __future__ import annotations
 
 import importlib.util

@@ -1,5 +1,5 @@
-"""Trainers launched from a manifest: DiffHDR (issue #7, ``train/diffhdr``) and HDR-V-Diff (issue #8,
-``train/hdrvdiff``), on one shared engine (``train/engine.py``).
+"""Trainers launched from a manifest: DiffHDR (``train/diffhdr``) and HDR-V-Diff
+(``train/hdrvdiff``), on one shared engine (``train/engine.py``).
 
 A model is a sub-package ``train.<name>`` registered in :data:`MODELS`. It provides:
 

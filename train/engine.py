@@ -1,4 +1,4 @@
-"""The shared training engine of the DiffHDR (issue #7) and HDR-V-Diff (issue #8) trainers.
+"""The shared training engine of the DiffHDR and HDR-V-Diff trainers.
 
 A model plugs in as a :class:`TrainTask` (duck-typed; see the protocol below). The engine owns everything that is
 not model-specific:

@@ -1,4 +1,4 @@
-"""DiffHDR trainer (issue #7): Wan2.1-VACE + rank-32 LoRA, rectified flow matching in Log-Gamma space.
+"""DiffHDR trainer: Wan2.1-VACE + rank-32 LoRA, rectified flow matching in Log-Gamma space.
 
 ``make_task(config, manifest)`` is the entry point of ``python -m train.run --model diffhdr``; ``train.diffhdr.infer``
 that of ``python -m train.infer --model diffhdr``. Modules: ``model`` (backbone + LoRA), ``conditioning`` (VACE inputs,

@@ -182,7 +182,7 @@ def vace_mask(over: torch.Tensor, under: torch.Tensor, values: str = "soft") -> 
     per frame, so this is the EMA of the union). It reaches the model through the 64 mask channels; the
     inactive/reactive split cuts it at 0.5 (``conditioning.control_latents``, as ``WanVACEPipeline.
     prepare_video_latents`` does), which with alpha = 0.7 is the current frame's own detection. ``binary``: each
-    mask cut at 0.5 first, then or-ed -- the EMA has no effect then (the behaviour before issue 15). Masks that are
+    mask cut at 0.5 first, then or-ed -- the EMA has no effect then (the toolkit's earlier behaviour). Masks that are
     already binary (``diffhdr-code``: binarised at 0.2 by design) give the same either way."""
     if values == "binary":
         return ((over > 0.5) | (under > 0.5)).float()
