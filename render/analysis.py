@@ -100,8 +100,7 @@ def texel_grid(h: int, w: int, rows: slice = slice(None)) -> tuple[np.ndarray, n
     solid angle per texel, (2 pi / w) (sin(top edge) - sin(bottom edge))."""
     r = np.arange(h, dtype=np.float64)[rows]
     az, el = camera.equirect_to_azel((np.arange(w, dtype=np.float64) + 0.5)[None, :], (r + 0.5)[:, None], w, h)
-    ce = np.cos(el)
-    d = np.stack(np.broadcast_arrays(ce * np.cos(az), ce * np.sin(az), np.sin(el)), -1)
+    d = camera.direction(az, el)
     _, top = camera.equirect_to_azel(0.0, r, w, h)
     _, bottom = camera.equirect_to_azel(0.0, r + 1, w, h)
     return d, 2 * np.pi / w * (np.sin(top) - np.sin(bottom))

@@ -22,10 +22,11 @@ CONVENTION = (
 )
 
 
-def direction(azimuth: float, elevation: float) -> np.ndarray:
-    """Unit world vector for an azimuth/elevation in radians."""
-    ce = math.cos(elevation)
-    return np.array([ce * math.cos(azimuth), ce * math.sin(azimuth), math.sin(elevation)])
+def direction(azimuth, elevation) -> np.ndarray:
+    """Unit world vectors (..., 3) for azimuths/elevations in radians (scalars or broadcastable arrays)."""
+    az, el = np.broadcast_arrays(np.asarray(azimuth, np.float64), np.asarray(elevation, np.float64))
+    ce = np.cos(el)
+    return np.stack([ce * np.cos(az), ce * np.sin(az), np.sin(el)], -1)
 
 
 ROLL_RULE = (

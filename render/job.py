@@ -169,7 +169,7 @@ def _split_negative(img: np.ndarray, scratch: Path, chunk_rows: int = 256) -> tu
     del neg
     r, c = np.nonzero(cells)
     az, el = camera.equirect_to_azel((c + 0.5) * f, (r + 0.5) * f, w, h)
-    dirs = np.stack([np.cos(el) * np.cos(az), np.cos(el) * np.sin(az), np.sin(el)], -1)
+    dirs = camera.direction(az, el)
     texel = np.pi / h
     return path, (dirs, (f * 0.75 + 1.0) * texel)
 
