@@ -348,7 +348,7 @@ def sphere_energy(img: np.ndarray, chunk_rows: int = 256) -> dict:
     """The positive and negative energy of an equirect map on the sphere, per channel (texel value x solid angle,
     in :data:`ENERGY_UNIT`), and how many array elements are negative."""
     h, w = img.shape[:2]
-    weights = _sphere_weights(h)
+    weights = row_solid_angle(h, w)
     norm = 1.0 / (w * weights.sum())
     pos = np.zeros(img.shape[2])
     neg = np.zeros(img.shape[2])
@@ -455,10 +455,12 @@ def _repair_blocks(h: int, w: int, r: int, tile: int):
     yield slice(h - r, h), slice(h - 2 * r, h), None, False, True
 
 
-def _sphere_weights(h: int) -> np.ndarray:
-    """Solid angle of a texel of each row, relative: cos(elevation) at the row centre (exactly proportional to the
-    row's true solid angle)."""
-    return np.sin(np.pi * (np.arange(h) + 0.5) / h)
+def row_solid_angle(h: int, w: int, rows: slice = slice(None)) -> np.ndarray:
+    """Solid angle (sr) of one texel of each row of an h x w equirect map: (2 pi / w) (sin(top edge elevation) -
+    sin(bottom edge elevation)), i.e. proportional to cos(elevation) at the row centre. The one solid-angle formula
+    of the toolkit (energy on the sphere, the aim analysis)."""
+    r = np.arange(h, dtype=np.float64)[rows]
+    return 2 * np.pi / w * (np.cos(np.pi * r / h) - np.cos(np.pi * (r + 1) / h))
 
 
 def redistribute_negative(img: np.ndarray, max_radius: int = REDISTRIBUTE_MAX_RADIUS, tile: int = 256,
@@ -484,7 +486,7 @@ def redistribute_negative(img: np.ndarray, max_radius: int = REDISTRIBUTE_MAX_RA
         raise ValueError(f"redistribute_negative needs an equirect map: {problem}")
     t0 = time.perf_counter()
     r = max(1, min(int(max_radius), (h - 1) // 2, (w // 2 - 1) // 2))
-    weights = _sphere_weights(h)
+    weights = row_solid_angle(h, w)
     norm = 1.0 / (w * weights.sum())  # energy units: ENERGY_UNIT
     pos = np.array((energy or sphere_energy(img, chunk))["positive"]) / norm
     neg_rows = np.zeros(h, bool)

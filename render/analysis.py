@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from hdr.color import luminance
+from hdr.io import row_solid_angle
 from render import camera
 
 ANALYSIS_MAX_WIDTH = 1024
@@ -100,10 +101,7 @@ def texel_grid(h: int, w: int, rows: slice = slice(None)) -> tuple[np.ndarray, n
     solid angle per texel, (2 pi / w) (sin(top edge) - sin(bottom edge))."""
     r = np.arange(h, dtype=np.float64)[rows]
     az, el = camera.equirect_to_azel((np.arange(w, dtype=np.float64) + 0.5)[None, :], (r + 0.5)[:, None], w, h)
-    d = camera.direction(az, el)
-    _, top = camera.equirect_to_azel(0.0, r, w, h)
-    _, bottom = camera.equirect_to_azel(0.0, r + 1, w, h)
-    return d, 2 * np.pi / w * (np.sin(top) - np.sin(bottom))
+    return camera.direction(az, el), row_solid_angle(h, w, rows)
 
 
 def _kernel_sums(lum: np.ndarray, x: np.ndarray, sigma: float, grid=None):

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from scipy.ndimage import convolve1d
 
-from hdr.io import _sphere_weights, read_image, redistribute_negative, sphere_energy, write_exr
+from hdr.io import row_solid_angle, read_image, redistribute_negative, sphere_energy, write_exr
 from render.engines import HdriSource, get_engine
 from render.job import HdriTask, RenderSettings, _sees, _split_negative, render_hdri
 from render.programs import ClipPlan, FrameCamera, plan_clip
@@ -167,7 +167,7 @@ def test_the_negative_pass_skips_only_frames_that_cannot_see_the_negatives(tmp_p
 
 
 def _energy(img):
-    return (img.astype(np.float64) * _sphere_weights(img.shape[0])[:, None, None]).sum((0, 1))
+    return (img.astype(np.float64) * row_solid_angle(img.shape[0], 1)[:, None, None]).sum((0, 1))
 
 
 @pytest.mark.parametrize("tile", [256, 16])
@@ -196,7 +196,7 @@ def test_repair_weights_energy_by_solid_angle():
     img[3, 10] = -1.0
     img[4, 10] = 5.0  # the only positive texel in reach, one row nearer the equator
     redistribute_negative(img)
-    w = _sphere_weights(32)
+    w = row_solid_angle(32, 1)
     assert img[3, 10, 0] == 0
     np.testing.assert_allclose(img[4, 10], 5.0 - w[3] / w[4], rtol=1e-6)  # not 5 - 1: the texels differ in area
 
@@ -223,7 +223,7 @@ def test_repair_grows_its_window_then_records_what_it_could_not_fill():
     rec = redistribute_negative(img)
     assert rec["largest_window"] == 9 and rec["residual_texels"] == 3
     assert img.min() == 0 and img[30, 64, 0] == pytest.approx(2.0) and img[10, 32, 0] == 1.0
-    w = _sphere_weights(64)
+    w = row_solid_angle(64, 1)
     norm = 1 / (128 * w.sum())
     assert rec["residual_energy_clamped"][0] == pytest.approx(2.0 * w[10] * norm)
     assert rec["residual_fraction_of_positive"][0] == pytest.approx(2.0 * w[10] / (3.0 * w[30] + 1.0 * w[10]))

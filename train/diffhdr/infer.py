@@ -394,7 +394,6 @@ def main(args) -> int:
     return 0
 
 
-_sha256_file = sha256_file          # the old private name
 
 
 def _write_json(path: Path, obj: dict) -> None:
