@@ -1,4 +1,4 @@
-"""Issue 15.1: radiance preserved on lossy maps whose suns carry negative ringing (DWAA/DWAB, resampling).
+"""Radiance preserved on lossy maps whose suns carry negative ringing (DWAA/DWAB, resampling).
 
 The reference for every frame is the pixel filter's expectation of the decoded, signed map (the direct engine at a
 dense sample grid), clamped at 0 only afterwards. Both engines must match its frame means within 1%; the old policy
@@ -7,12 +7,11 @@ dense sample grid), clamped at 0 only afterwards. Both engines must match its fr
 from __future__ import annotations
 
 import json
-import math
 
 import numpy as np
 import pytest
-from scipy.ndimage import convolve1d
 
+from benchmarks import negative_texels as bench
 from hdr.io import row_solid_angle, read_image, redistribute_negative, sphere_energy, write_exr
 from render.engines import HdriSource, get_engine
 from render.job import HdriTask, RenderSettings, _sees, _split_negative, render_hdri
@@ -23,33 +22,8 @@ PROGRAMS = ("highlight_zoom_in", "rotation_000")  # zoomed onto the sun (texels 
 BLENDER_SPP = 64  # measured frame-mean noise at 64x36: <= 0.3% (16 samples: up to 0.8%)
 
 
-def ringing_sun_map(w: int = 256, sun: float = 2e4, az_deg: float = 10.0, el_deg: float = 8.0) -> np.ndarray:
-    """A sky with a small sun disc (radius 1.5 texels) convolved with a Lanczos-3 kernel (scale 1.2 texels, taps
-    summing to 1), whose side lobes ring below 0: ~8.5% of the map's positive energy is negative (the worst
-    measured real DWAB map: 11%), down to -6% of the sun's peak, all next to the sun."""
-    h = w // 2
-    el = (0.5 - (np.arange(h) + 0.5) / h) * np.pi
-    img = np.empty((h, w, 3))
-    img[:] = (0.2 + 0.8 * np.clip(np.sin(el), 0, 1))[:, None, None] * np.array([0.55, 0.75, 1.0])
-    img[el < 0] = (0.12, 0.1, 0.08)  # ground
-    col = (0.5 - math.radians(az_deg) / (2 * math.pi)) * w
-    row = (0.5 - math.radians(el_deg) / math.pi) * h
-    yy, xx = np.mgrid[0:h, 0:w] + 0.5
-    disc = ((yy - row) ** 2 + (xx - col) ** 2 <= 1.5**2).astype(float)
-    x = np.arange(-4, 5) / 1.2
-    taps = np.where(np.abs(x) < 3, np.sinc(x) * np.sinc(x / 3), 0.0)
-    taps /= taps.sum()
-    rung = convolve1d(convolve1d(disc, taps, axis=0, mode="constant"), taps, axis=1, mode="wrap")
-    img += rung[..., None] * sun * np.array([1.0, 0.9, 0.75])
-    return img.astype(np.float32)
-
-
 def reference_frames(signed: np.ndarray, meta: dict) -> list[np.ndarray]:
-    """The signed map through the direct engine at 256+ samples per pixel (k >= 16 per axis), clamped afterwards."""
-    eng = get_engine("direct", samples=256, max_samples=4096)
-    eng.load(HdriSource(path=None, pixels=signed, width=signed.shape[1], height=signed.shape[0]))
-    cams = tuple(FrameCamera(f["index"], f["focal_mm"], tuple(f["rotation_euler"])) for f in meta["frames"])
-    return [np.maximum(f, 0.0) for f in eng.render(ClipPlan("ref", "ref", 0, cams), W, H, None)]
+    return bench.reference_frames(signed, meta, W, H)
 
 
 @pytest.fixture(scope="module")
@@ -57,7 +31,7 @@ def renders(tmp_path_factory):
     """Both engines, with today's default (signed) and the old clamp-first policy; each clip's frames next to the
     reference for its own cameras."""
     root = tmp_path_factory.mktemp("ringing")
-    signed = ringing_sun_map()
+    signed = bench.ringing_sun_map()
     (root / "in").mkdir()
     write_exr(root / "in" / "sun.exr", signed)
     runs = {}
@@ -143,7 +117,7 @@ def test_blender_split_equals_cycles_rendering_the_signed_map(renders, tmp_path)
 
 
 def test_the_negative_pass_skips_only_frames_that_cannot_see_the_negatives(tmp_path):
-    signed = ringing_sun_map()
+    signed = bench.ringing_sun_map()
     pos = signed.copy()
     _, cells = _split_negative(pos, tmp_path)
     neg = np.maximum(-signed, 0.0)
@@ -230,7 +204,7 @@ def test_repair_grows_its_window_then_records_what_it_could_not_fill():
 
 
 def test_redistribute_policy_end_to_end(tmp_path):
-    signed = ringing_sun_map()
+    signed = bench.ringing_sun_map()
     write_exr(tmp_path / "sun.exr", signed)
     s = RenderSettings(width=32, height=18, frames=2, samples=4, engine="direct", programs=("highlight_zoom_in",),
                        negative_texels="redistribute")
