@@ -16,17 +16,13 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 import hdr
-from augment.alternating import GAMMA, alternating_evs, alternating_ldr
-from augment.alternating import TRANSFER as ALT_TRANSFER
-from augment.degrade import PRESETS, degrade, sample_params
-from augment.masks import exposure_masks
+from hdr.dataset import layout
+from hdr.dataset.ldr import kind_of, make_ldr
+from hdr.dataset.records import AugMeta, ClipMeta
+from hdr.degrade.presets import PRESETS, sample_params
 from hdr.io import read_image, write_png
 from hdr.seeding import SEED_DERIVATION, derive_seed
 from hdr.storage import Store
-from render import layout
-
-AUG_JSON = "aug.json"
-AUG_SCHEMA = "hdr-toolkit/aug/1"
 
 
 @dataclass(frozen=True)
@@ -44,8 +40,7 @@ class AugTask:
 
 
 def aug_id(task: AugTask, index: int) -> str:
-    kind = f"alt{task.alternating}" if task.alternating else task.preset
-    return f"{kind}_{index:02d}"
+    return layout.aug_id(kind_of(task.alternating), task.preset, index)
 
 
 def _write_png(scratch, store: Store, rel: str, img: np.ndarray) -> int:
@@ -72,16 +67,15 @@ def write_preview(path, frames: np.ndarray, fps: int = 24) -> None:
 def augment_clip(task: AugTask) -> dict:
     """Write the missing augmentations of one clip; returns {aug_id: "written" | "skipped"}."""
     store = Store(task.root)
-    crel = layout.clip_rel(task.hdri_id, task.clip_id)
     preset = PRESETS[task.preset].with_overrides(**dict(task.overrides))
     settings = json.loads(json.dumps(asdict(preset)))
     todo, out = [], {}
     for i in range(task.per_clip):
-        rel = f"{crel}/ldr/{aug_id(task, i)}"
+        rel = layout.aug_rel(task.hdri_id, task.clip_id, aug_id(task, i))
         seed = derive_seed(task.seed, task.hdri_id, task.clip_id, "augment", aug_id(task, i))
-        if store.exists(f"{rel}/{AUG_JSON}") and not task.overwrite:
-            old = store.read_json(f"{rel}/{AUG_JSON}")
-            if (old.get("seed"), old.get("preset"), old.get("preset_settings")) == (seed, task.preset, settings):
+        if store.exists(f"{rel}/{layout.AUG_JSON}") and not task.overwrite:
+            old = AugMeta.read(store, f"{rel}/{layout.AUG_JSON}")
+            if (old.seed, old.preset, old.preset_settings) == (seed, task.preset, settings):
                 out[aug_id(task, i)] = "skipped"
                 continue
             raise FileExistsError(f"{rel} exists with other settings (seed, preset or preset overrides); use "
@@ -89,12 +83,14 @@ def augment_clip(task: AugTask) -> dict:
         todo.append((i, rel, seed))
     if not todo:
         return out
-    clip = store.read_json(f"{crel}/{layout.CLIP_JSON}")
+    crel = layout.clip_rel(task.hdri_id, task.clip_id)
+    clip = ClipMeta.read(store, f"{crel}/{layout.CLIP_JSON}")
+    kind = kind_of(task.alternating)
     scratch = store.scratch_dir(prefix=f"aug-{task.hdri_id}-")
     try:
         frames = []
-        for fr in clip["frames"]:
-            with store.local_copy(f"{crel}/{fr['file']}", scratch) as p:
+        for name in clip.files:
+            with store.local_copy(f"{crel}/{name}", scratch) as p:
                 frames.append(read_image(p))
         hdr_frames = np.stack(frames)
         del frames
@@ -102,52 +98,48 @@ def augment_clip(task: AugTask) -> dict:
             t0 = time.perf_counter()
             params = sample_params(preset, seed)
             store.remove(rel)
-            extra = {}
-            if task.alternating:
-                evs = alternating_evs(len(hdr_frames), task.alternating)
-                ldr, exposures = alternating_ldr(hdr_frames, evs, params)
-                extra = {"alternating": {"n_exposures": task.alternating, "ev": evs, "exposure": exposures,
-                                         "gamma": GAMMA, "network_input": f"c(I_k, I_k^{GAMMA} / e_k), HDR-V-Diff eq. 1"}}
-            else:
-                ldr, _ = degrade(hdr_frames, params)
-            transfer = ALT_TRANSFER if task.alternating else "srgb"
-            mask_mode = "paper" if task.alternating else preset.mask_mode
-            over, under = exposure_masks(ldr, mask_mode, transfer)
+            made = make_ldr(hdr_frames, kind, preset, params)
+            ldr = made.frames
             files = []
             for t in range(len(ldr)):
-                _write_png(scratch, store, f"{rel}/frame_{t:04d}.png", ldr[t])
-                _write_png(scratch, store, f"{rel}/over_{t:04d}.png", np.round(over[t] * 255).astype(np.uint8))
-                _write_png(scratch, store, f"{rel}/under_{t:04d}.png", np.round(under[t] * 255).astype(np.uint8))
-                files.append(f"frame_{t:04d}.png")
+                _write_png(scratch, store, f"{rel}/{layout.LDR_FRAME % t}", ldr[t])
+                _write_png(scratch, store, f"{rel}/{layout.OVER_MASK % t}",
+                           np.round(made.over[t] * 255).astype(np.uint8))
+                _write_png(scratch, store, f"{rel}/{layout.UNDER_MASK % t}",
+                           np.round(made.under[t] * 255).astype(np.uint8))
+                files.append(layout.LDR_FRAME % t)
             if task.preview:
-                write_preview(scratch / "preview.mp4", ldr)
-                store.publish(scratch / "preview.mp4", f"{rel}/preview.mp4")
-            record = {
-                "schema": AUG_SCHEMA,
-                "hdri_id": task.hdri_id,
-                "clip_id": task.clip_id,
-                "aug_id": aug_id(task, i),
-                "preset": task.preset,
-                "preset_settings": settings,
-                "seed": seed,
-                "dataset_seed": task.seed,
-                "seed_derivation": SEED_DERIVATION.replace("key1", "hdri_id").replace("key2", "clip_id")
+                write_preview(scratch / layout.PREVIEW, ldr)
+                store.publish(scratch / layout.PREVIEW, f"{rel}/{layout.PREVIEW}")
+            alternating = None
+            if made.alternating:
+                alternating = {**made.alternating,
+                               "network_input": f"c(I_k, I_k^{made.alternating['gamma']} / e_k), HDR-V-Diff eq. 1"}
+            record = AugMeta(
+                hdri_id=task.hdri_id,
+                clip_id=task.clip_id,
+                aug_id=aug_id(task, i),
+                preset=task.preset,
+                preset_settings=settings,
+                seed=seed,
+                dataset_seed=task.seed,
+                seed_derivation=SEED_DERIVATION.replace("key1", "hdri_id").replace("key2", "clip_id")
                 + " with keys (hdri_id, clip_id, 'augment', aug_id)",
-                "params": params.to_json(),
-                **extra,
-                "frames": files,
-                "preview": "preview.mp4" if task.preview else None,
-                "masks": {"over": "over_%04d.png", "under": "under_%04d.png", "mode": mask_mode,
-                          "linearisation": transfer,
-                          "encoding": "uint8 = round(255 * mask), mask in [0, 1] after the EMA"
-                          + (" (binarised at 0.2: 0 or 255)" if mask_mode == "diffhdr-code" else "")},
-                "format": "8-bit sRGB PNG" if not task.alternating else "8-bit gamma-2.2 PNG",
-                "source_clip": {"settings": clip.get("settings"), "created": clip.get("created")},
-                "toolkit_version": hdr.__version__,
-                "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-                "seconds": time.perf_counter() - t0,
-            }
-            store.write_json(f"{rel}/{AUG_JSON}", record)  # last: marks it complete
+                params=params.to_json(),
+                alternating=alternating,
+                frames=files,
+                preview=layout.PREVIEW if task.preview else None,
+                masks={"over": layout.OVER_MASK, "under": layout.UNDER_MASK, "mode": made.mask_mode,
+                       "linearisation": made.transfer,
+                       "encoding": "uint8 = round(255 * mask), mask in [0, 1] after the EMA"
+                       + (" (binarised at 0.2: 0 or 255)" if made.mask_mode == "diffhdr-code" else "")},
+                format=made.format,
+                source_clip={"settings": clip.settings, "created": clip.created},
+                toolkit_version=hdr.__version__,
+                created=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+                seconds=time.perf_counter() - t0,
+            )
+            record.write(store, f"{rel}/{layout.AUG_JSON}")  # last: marks it complete
             out[aug_id(task, i)] = "written"
     finally:
         shutil.rmtree(scratch, ignore_errors=True)

@@ -3,8 +3,8 @@
 
 Everything runs on ONE thread (numpy is single-threaded; torch is set to one thread), so frames/s is frames/s per
 core; a data loader with N workers scales by N. "torch-cpu" is the library called with CPU tensors (which it routes
-through its numpy path, zero-copy); "torch ops" times the torch code a GPU runs, here on the CPU. The noise is forced on (the diffhdr-code preset applies it to 30% of
-clips) so both presets pay for the AR(1) field.
+through its numpy path, zero-copy); "torch ops" times the torch code a GPU runs, here on the CPU. The noise is
+forced on (the diffhdr-code preset applies it to 5% of clips) so both presets pay for the AR(1) field.
 
     python benchmarks/augment.py [--frames 9] [--repeat 3]
 """
@@ -20,8 +20,8 @@ import numpy as np
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from augment.degrade import PRESETS, ar1_frames, degrade, degrade_torch, sample_params  # noqa: E402
-from augment.masks import MASK_MODES, exposure_masks  # noqa: E402
+from hdr.degrade.presets import PRESETS, ar1_frames, degrade, degrade_torch, sample_params  # noqa: E402
+from hdr.degrade.masks import MASK_MODES, exposure_masks  # noqa: E402
 
 
 def best_of(fn, repeat):

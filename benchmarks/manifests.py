@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from hdr.storage import Store  # noqa: E402
 from manifests import open_manifest  # noqa: E402
 from manifests.build import FileEntry, hash_files, publish_table  # noqa: E402
-from manifests.records import ARROW_SCHEMA, AUG_TYPE, FILE_TYPE, SCHEMA_ID, record_from_row  # noqa: E402
+from hdr.dataset.rows import ARROW_SCHEMA, AUG_TYPE, FILE_TYPE, SCHEMA_ID, record_from_row  # noqa: E402
 
 CHUNK = 1 << 20
 

@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from evaluate.metrics import psnr_t_frame  # noqa: E402
 from hdr.io import read_image  # noqa: E402
 from hdr.storage import Store  # noqa: E402
-from render import layout  # noqa: E402
+from hdr.dataset import layout  # noqa: E402
 from render.hdri import default_hdri_dir  # noqa: E402
 from render.job import HdriTask, RenderSettings, render_hdri  # noqa: E402
 

@@ -7,6 +7,6 @@
 - :mod:`caption.stats`    descriptions from image statistics (the ``stats`` backend and the fallback).
 - :mod:`caption.backends` ``qwen3vl`` (transformers), ``vllm`` (GPU), ``stats``, behind one interface.
 - :mod:`caption.clip`     caption a batch of clips -> ``<clip>/caption.json`` (resume, retries, fallback).
-- :mod:`caption.run`      the CLI: ``python -m caption.run --dataset ROOT --model MODEL``.
+- :mod:`caption.run`      the CLI: ``python -m caption.run --root ROOT --weights MODEL``.
 - :mod:`caption.tiny`     a tiny random-weight Qwen3-VL checkpoint for tests and smoke runs.
 """

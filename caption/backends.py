@@ -54,11 +54,13 @@ class Request:
 
 
 def resolve_device(device: str) -> str:
-    if device != "auto":
-        return device
-    import torch
+    """:func:`hdr.cli.resolve_device` on the machine that loads the model; its one-line error as a BackendError."""
+    from hdr.cli import CliError, resolve_device as resolve
 
-    return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        return resolve(device)
+    except CliError as e:
+        raise BackendError(str(e)) from None
 
 
 def resolve_dtype(dtype: str, device: str) -> str:
@@ -112,7 +114,7 @@ class Qwen3VLBackend(Backend):
 
     def __init__(self, spec: BackendSpec):
         if not spec.model:
-            raise BackendError("the qwen3vl backend needs --model (a local folder or a hub id such as "
+            raise BackendError("the qwen3vl backend needs --weights (a local folder or a hub id such as "
                                f"{DEFAULT_MODEL})")
         if spec.model.startswith(("/", "./", "../", "~")) and not os.path.isdir(os.path.expanduser(spec.model)):
             raise BackendError(f"{spec.model}: no such model folder")
@@ -184,7 +186,7 @@ class VLLMBackend(Backend):
         if not torch.cuda.is_available() or resolve_device(spec.device) == "cpu":
             raise BackendError("the vllm backend runs on CUDA GPUs only; use --backend qwen3vl on the CPU")
         if not spec.model:
-            raise BackendError("the vllm backend needs --model (a local folder or a hub id)")
+            raise BackendError("the vllm backend needs --weights (a local folder or a hub id)")
         self.spec = spec
         self.processor = AutoProcessor.from_pretrained(spec.model, revision=spec.revision)
         self.patch_size = _image_patch_size(self.processor)

@@ -19,11 +19,10 @@ from caption.backends import Backend, BackendSpec, Request, _model_id, get_backe
 from caption.frames import REINHARD_KEY, ClipFrames, ClipInputError, choose_aug, load_clip_frames, vlm_images
 from caption.parse import CaptionFormatError, parse_reply, render_caption
 from caption.prompt import PROMPT_VERSION, build_messages, prompt_hash, retry_text, user_text
+from hdr.dataset import layout
+from hdr.dataset.layout import CAPTION_JSON
+from hdr.dataset.records import CaptionMeta, RecordError
 from hdr.storage import Store
-from render import layout
-
-CAPTION_JSON = "caption.json"
-CAPTION_SCHEMA = "hdr-toolkit/caption/1"
 
 
 @dataclass(frozen=True)
@@ -65,9 +64,9 @@ def caption_state(store: Store, hdri_id: str, clip_id: str, spec: BackendSpec, s
     if not store.exists(rel):
         return "missing", "no caption.json"
     try:
-        old = store.read_json(rel)
+        old = CaptionMeta.read(store, rel).to_json()
         old_model = old["model"]
-    except (ValueError, KeyError, TypeError, OSError) as e:
+    except (RecordError, OSError) as e:
         return "missing", f"unreadable caption.json ({e}); redone"
     want_model = "stats" if spec.name == "stats" else _model_id(spec.model or "")
     diffs = []
@@ -105,7 +104,7 @@ def _request(clip: ClipFrames, backend: Backend, s: CaptionSettings) -> Request:
 def _record(clip: ClipFrames, backend: Backend, s: CaptionSettings, fields: dict, raw: str, attempts: int,
             fallback: str | None, errors: list[str], seconds: float) -> dict:
     return {
-        "schema": CAPTION_SCHEMA,
+        "schema": CaptionMeta.schema_id(),
         "hdri_id": clip.hdri_id,
         "clip_id": clip.clip_id,
         "caption": render_caption(fields["overexposed"], fields["underexposed"]),
@@ -204,7 +203,8 @@ def caption_clips(task: CaptionTask) -> dict[str, str]:
                         f"({stats.STATS_VERSION})")
         rec = _record(clip, backend, s, fields, raw.get(key, ""), attempts[key], fallback, errors[key],
                       load_seconds[key] + gen_seconds[key])
-        store.write_json(f"{layout.clip_rel(clip.hdri_id, clip.clip_id)}/{CAPTION_JSON}", rec)
+        rel = f"{layout.clip_rel(clip.hdri_id, clip.clip_id)}/{CAPTION_JSON}"
+        CaptionMeta.from_json(rec, rel).write(store, rel)
         out[key] = "written"
     return out
 
@@ -227,33 +227,7 @@ def caption_dataset(root: str, backend: BackendSpec | None = None, settings: Cap
     return out
 
 
-CONTRACT_TYPES = {
-    "schema": str, "hdri_id": str, "clip_id": str, "caption": str, "overexposed": str, "underexposed": str,
-    "scene": (str, type(None)), "backend": str, "model": dict, "prompt_hash": str, "frame_indices": list,
-    "source": dict, "generation": dict, "raw_text": str, "attempts": int, "fallback": (str, type(None)),
-    "seconds": (int, float), "created": str,
-}
-
-
 def check_record(rec: dict) -> None:
-    """Raise ValueError unless ``rec`` follows the caption.json contract (hdr-toolkit/caption/1)."""
-    missing = [k for k in CONTRACT_TYPES if k not in rec]
-    if missing:
-        raise ValueError(f"caption.json: missing keys {missing}")
-    for k, t in CONTRACT_TYPES.items():
-        if not isinstance(rec[k], t) or (t is int and isinstance(rec[k], bool)):
-            raise ValueError(f"caption.json: {k!r} has type {type(rec[k]).__name__}")
-    if rec["schema"] != CAPTION_SCHEMA:
-        raise ValueError(f"caption.json: schema {rec['schema']!r}, expected {CAPTION_SCHEMA!r}")
-    if rec["backend"] not in ("qwen3vl", "vllm", "stats"):
-        raise ValueError(f"caption.json: unknown backend {rec['backend']!r}")
-    if set(rec["model"]) != {"id", "revision"} or not isinstance(rec["model"]["id"], str):
-        raise ValueError(f"caption.json: model must be {{'id': str, 'revision': str|null}}, got {rec['model']}")
-    if rec["caption"] != render_caption(rec["overexposed"], rec["underexposed"]):
-        raise ValueError("caption.json: caption is not '[overexposed: <o>]; [underexposed: <u>]' of its fields")
-    if not rec["overexposed"].strip() or not rec["underexposed"].strip():
-        raise ValueError("caption.json: empty description")
-    if set(rec["source"]) != {"aug_id"}:
-        raise ValueError(f"caption.json: source must be {{'aug_id': ...}}, got {rec['source']}")
-    if not all(isinstance(i, int) for i in rec["frame_indices"]) or rec["attempts"] < 1:
-        raise ValueError("caption.json: frame_indices must be ints and attempts >= 1")
+    """Raise ValueError (a :class:`hdr.dataset.records.RecordError`) unless ``rec`` follows the caption.json
+    contract."""
+    CaptionMeta.from_json(rec, CAPTION_JSON)

@@ -14,11 +14,12 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 
-from augment.masks import exposure_masks_paper
 from hdr.color import REINHARD_KEY, reinhard_display, srgb_oetf
+from hdr.dataset import layout
+from hdr.dataset.records import AugMeta, ClipMeta, RecordError
+from hdr.degrade.masks import exposure_masks_paper
 from hdr.io import LdrImageError, decode_ldr, read_image
 from hdr.storage import Store
-from render import layout
 
 OVER_COLOUR = (255, 0, 255)  # magenta outline: over-exposed in the LDR video
 UNDER_COLOUR = (0, 255, 255)  # cyan outline: under-exposed in the LDR video
@@ -58,18 +59,19 @@ def sample_indices(n_frames: int, k: int) -> list[int]:
     return sorted({int(round(i * (n_frames - 1) / (k - 1))) for i in range(k)})
 
 
-def list_augs(store: Store, crel: str) -> list[tuple[str, dict]]:
-    """(aug_id, aug.json) of the finished augmentations of a clip, sorted by id."""
+def list_augs(store: Store, crel: str) -> list[tuple[str, AugMeta]]:
+    """(aug_id, record) of the finished augmentations of a clip, sorted by id."""
+    hdri_id, clip_id = crel.split("/")
     out = []
-    for rel in store.glob(f"{crel}/ldr/*/aug.json"):
+    for aid in layout.finished_augs(store, hdri_id, clip_id):
         try:
-            out.append((rel.split("/")[-2], store.read_json(rel)))
-        except (ValueError, OSError):
+            out.append((aid, AugMeta.read(store, f"{layout.aug_rel(hdri_id, clip_id, aid)}/{layout.AUG_JSON}")))
+        except (RecordError, OSError):
             continue  # unfinished or corrupt: not an augmentation to read masks from
     return out
 
 
-def choose_aug(store: Store, crel: str, wanted: str | None) -> tuple[str | None, dict | None]:
+def choose_aug(store: Store, crel: str, wanted: str | None) -> tuple[str | None, AugMeta | None]:
     """The augmentation whose masks are shown: ``wanted`` (an aug id; error if absent), else the first
     single-exposure one; (None, None) if the clip has none (or ``wanted == "none"``)."""
     augs = list_augs(store, crel)
@@ -80,9 +82,10 @@ def choose_aug(store: Store, crel: str, wanted: str | None) -> tuple[str | None,
             if aid == wanted:
                 return aid, meta
         have = ", ".join(a for a, _ in augs) or "none"
-        raise ClipInputError(f"{crel}/ldr/{wanted}/aug.json: no such finished augmentation (this clip has: {have})")
+        raise ClipInputError(f"{crel}/{layout.LDR_DIR}/{wanted}/{layout.AUG_JSON}: no such finished augmentation "
+                             f"(this clip has: {have})")
     for aid, meta in augs:
-        if not meta.get("alternating"):
+        if meta.kind == "single":
             return aid, meta
     return None, None
 
@@ -102,12 +105,12 @@ def load_clip_frames(store: Store, hdri_id: str, clip_id: str, k: int = 4, aug: 
     """Read the K sampled frames of a clip and the masks at those frames."""
     crel = layout.clip_rel(hdri_id, clip_id)
     try:
-        meta = store.read_json(f"{crel}/{layout.CLIP_JSON}")
-        names = [fr["file"] for fr in meta["frames"]]
+        meta = ClipMeta.read(store, f"{crel}/{layout.CLIP_JSON}")
+        names = meta.files
     except FileNotFoundError:
         raise ClipInputError(f"{crel}/{layout.CLIP_JSON}: missing (the clip is not rendered)") from None
-    except (ValueError, KeyError, TypeError) as e:
-        raise ClipInputError(f"{crel}/{layout.CLIP_JSON}: unreadable ({e})") from None
+    except RecordError as e:
+        raise ClipInputError(str(e)) from None
     if not names:
         raise ClipInputError(f"{crel}/{layout.CLIP_JSON}: lists no frames")
     idx = sample_indices(len(names), k)
@@ -123,12 +126,10 @@ def load_clip_frames(store: Store, hdri_id: str, clip_id: str, k: int = 4, aug: 
     display, scale = reinhard_display(hdr, key)
     aug_id, aug_meta = choose_aug(store, crel, aug)
     if aug_id is not None:
-        pattern = (aug_meta.get("masks") or {})
-        over_pat, under_pat = pattern.get("over", "over_%04d.png"), pattern.get("under", "under_%04d.png")
-        base = f"{crel}/ldr/{aug_id}"
+        base = f"{crel}/{layout.LDR_DIR}/{aug_id}"
         try:
-            over = np.stack([_read_mask(store, f"{base}/{over_pat % i}") for i in idx])
-            under = np.stack([_read_mask(store, f"{base}/{under_pat % i}") for i in idx])
+            over = np.stack([_read_mask(store, f"{base}/{aug_meta.over[i]}") for i in idx])
+            under = np.stack([_read_mask(store, f"{base}/{aug_meta.under[i]}") for i in idx])
         except FileNotFoundError as e:
             raise ClipInputError(f"{base}: mask file missing ({e})") from None
         if over.shape[1:] != hdr.shape[1:3]:
@@ -142,7 +143,7 @@ def load_clip_frames(store: Store, hdri_id: str, clip_id: str, k: int = 4, aug: 
         source = "hdr-exposure-0 (no augmentation: the HDR frames clipped at 1.0, per-frame masks, no EMA)"
     return ClipFrames(hdri_id, clip_id, idx, hdr, display, over.astype(np.float32), under.astype(np.float32),
                       aug_id, source, {"operator": "reinhard", "per_channel": True, "key": key, "scale": scale,
-                                       "then": "sRGB OETF, 8-bit"}, str(meta.get("program") or clip_id))
+                                       "then": "sRGB OETF, 8-bit"}, meta.program or clip_id)
 
 
 def vlm_size(height: int, width: int, min_pixels: int, max_pixels: int, factor: int = 32) -> tuple[int, int]:

@@ -12,6 +12,8 @@ import ast
 import json
 import re
 
+from hdr.dataset.records import caption_text
+
 MAX_DESCRIPTION_CHARS = 600  # a degenerate, repeating generation is rejected (and retried), not stored
 NONE_WORDS = {"none", "n/a", "na", "nothing", "null", "no", "-", "no region", "no regions"}
 PLACEHOLDERS = {"...", "<description>", "description", "<o>", "<u>", "<s>", "string", "<string>"}
@@ -21,9 +23,7 @@ class CaptionFormatError(ValueError):
     """The model's reply is not a usable caption object (the message says why, in one line)."""
 
 
-def render_caption(overexposed: str, underexposed: str) -> str:
-    """The structured caption string of DiffHDR §3.4.2."""
-    return f"[overexposed: {overexposed}]; [underexposed: {underexposed}]"
+render_caption = caption_text  # the structured caption string of DiffHDR §3.4.2 (the contract's format)
 
 
 _FENCE = re.compile(r"```[a-zA-Z0-9_-]*\s*\n?(.*?)```", re.S)

@@ -1,6 +1,6 @@
 """A tiny random-weight Qwen3-VL checkpoint built locally (no download): for tests and smoke runs of the real code path.
 
-    python -m caption.tiny OUT_DIR        # then: python -m caption.run --dataset ROOT --model OUT_DIR
+    python -m caption.tiny OUT_DIR        # then: python -m caption.run --root ROOT --weights OUT_DIR
 
 It is a real ``Qwen3VLForConditionalGeneration`` (2 text layers of width 32, 2 vision blocks, patch 16, spatial merge
 2) with a byte-level BPE tokenizer trained here on a few sentences and wrapped as ``Qwen2Tokenizer`` with the special

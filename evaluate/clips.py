@@ -16,7 +16,7 @@ import numpy as np
 
 from hdr.io import HdrImageError, read_image
 from hdr.storage import Store
-from render.layout import list_files
+from hdr.dataset.layout import is_hdri_name, list_files
 
 FRAME_GLOB = "*/*/frame_*.exr"
 
@@ -45,7 +45,7 @@ def clips_from_reference(store: Store) -> list[ClipJob]:
     by_clip: dict[str, list[str]] = {}
     for rel in store.glob(FRAME_GLOB):
         hdri_id, clip_id, _ = rel.split("/")
-        if hdri_id.startswith((".", "_")) or hdri_id == "manifests":
+        if not is_hdri_name(hdri_id):
             continue
         by_clip.setdefault(f"{hdri_id}/{clip_id}", []).append(rel)
     return [ClipJob(key, key, tuple(sorted(frames))) for key, frames in sorted(by_clip.items())]

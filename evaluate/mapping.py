@@ -230,7 +230,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    from evaluate.run import resolve_device
+    from hdr.cli import resolve_device
 
     try:
         args.device = resolve_device(args.device)
@@ -241,7 +241,7 @@ def main(argv=None) -> int:
         if out is not None and out.exists("mapping.json") and not args.overwrite:
             raise FileExistsError(f"{out.uri('mapping.json')} already exists (use --overwrite, or another --out)")
         if args.manifest:
-            from manifests import open_manifest
+            from hdr.dataset import open_manifest
 
             man = open_manifest(args.manifest)
             jobs: list[ClipJob] = clips_from_manifest(man, None if args.split == "all" else args.split)

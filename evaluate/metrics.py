@@ -254,8 +254,8 @@ def temporal_t(pred, gt, mu: float = MU_LAW_MU, dim_order: str = "THWC") -> floa
 
 def dynamic_range_stops(gt, dim_order: str = "THWC") -> float | None:
     """Dynamic range of a ground-truth clip in stops, with the render stage's definition
-    (``render.analysis.radiance_stats``: log2 of P99.9 over the P0.1 of the positive Rec.709 luminance)."""
-    from render.analysis import radiance_stats
+    (``hdr.color.radiance_stats``: log2 of P99.9 over the P0.1 of the positive Rec.709 luminance)."""
+    from hdr.color import radiance_stats
 
     return radiance_stats(luminance(as_numpy(gt, dim_order)))["dynamic_range_stops"]
 

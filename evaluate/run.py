@@ -29,6 +29,8 @@ from evaluate import metrics as M
 from evaluate.clips import ClipPair, clips_from_manifest, clips_from_reference, pair_predictions, read_clip
 from evaluate.perceptual import ClipIqa, Lpips, MetricUnavailable, Musiq
 from evaluate.vdp import DEFAULT_DISPLAY, DEFAULT_FPS, MODES, PHOTOMETRIES, VideoVDP
+from hdr import cli
+from hdr.cli import resolve_device
 from hdr.color import MU_LAW_MU
 from hdr.io import HdrImageError
 from hdr.storage import Store
@@ -291,7 +293,7 @@ def evaluate(pairs: list[ClipPair], gt: Store, pred: Store, out: Store, settings
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="python -m evaluate.run",
+        prog=cli.prog("evaluate.run"),
         description="Score predicted HDR clips (<predictions>/<hdri_id>/<clip_id>/frame_NNNN.exr) against the "
         "ground truth of a manifest split or of a reference tree: PSNR_T, SSIM_T, PSNR-L, PU21-PSNR, temporal "
         "stability, PU21-PIQE, FovVideoVDP, ColorVideoVDP (and LPIPS / CLIP-IQA / MUSIQ from local weights). "
@@ -328,34 +330,22 @@ def build_parser() -> argparse.ArgumentParser:
                    help="video: the VDPs' temporal model at --fps; framewise: each frame as an image, JODs averaged "
                    "(what the public DiffHDR evaluation code computes in effect)")
     p.add_argument("--lpips-weights", help="local torchvision AlexNet checkpoint (alexnet-owt-7be5be79.pth) for LPIPS")
-    p.add_argument("--clipiqa-model", help="local Hugging Face CLIP folder for CLIP-IQA")
+    p.add_argument("--clipiqa-weights", "--clipiqa-model", dest="clipiqa_weights",
+                   help="local Hugging Face CLIP folder for CLIP-IQA")
     p.add_argument("--musiq-weights", help="local pyiqa MUSIQ checkpoint (MUSIQ needs pyiqa, which you install "
                    "yourself: it is not a dependency)")
-    p.add_argument("--device", default="cpu", help="torch device for VDP/LPIPS/CLIP-IQA: cpu, cuda, cuda:1, auto")
+    cli.add_device(p, help="torch device of VDP/LPIPS/CLIP-IQA/MUSIQ: " + cli.DEVICE_HELP)
     p.add_argument("--no-plots", action="store_true")
+    cli.add_quiet(p)
     p.add_argument("--overwrite", action="store_true", help="recompute everything even if OUT holds results")
     return p
-
-
-def resolve_device(name: str) -> str:
-    """``auto`` -> cuda when visible, else cpu; a cuda device that torch cannot see is a one-line error."""
-    import torch
-
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        dev = torch.device(name)
-    except RuntimeError as e:
-        raise ValueError(f"--device {name}: {e}") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device {name}: torch sees no CUDA device here")
-    return name
 
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     names = [m.strip() for m in args.metrics.split(",") if m.strip()]
-    for flag, name in ((args.lpips_weights, "lpips"), (args.clipiqa_model, "clipiqa"), (args.musiq_weights, "musiq")):
+    for flag, name in ((args.lpips_weights, "lpips"), (args.clipiqa_weights, "clipiqa"),
+                       (args.musiq_weights, "musiq")):
         if flag and name not in names:
             names.append(name)
     try:
@@ -365,14 +355,14 @@ def main(argv=None) -> int:
                                 piqe_anchor=args.piqe_anchor, vdp_photometry=args.vdp_photometry,
                                 vdp_mode=args.vdp_mode,
                                 display=args.display, fps=args.fps, device=resolve_device(args.device),
-                                lpips_weights=args.lpips_weights, clipiqa_model=args.clipiqa_model,
+                                lpips_weights=args.lpips_weights, clipiqa_model=args.clipiqa_weights,
                                 musiq_weights=args.musiq_weights)
         pred, out = Store(args.predictions), Store(args.out)
         if not pred.fs.isdir(pred.path()):
             raise FileNotFoundError(f"{args.predictions}: no such predictions folder")
         manifest = None
         if args.manifest:
-            from manifests import open_manifest
+            from hdr.dataset import open_manifest
 
             manifest = open_manifest(args.manifest)
             split = None if args.split == "all" else args.split
@@ -400,7 +390,7 @@ def main(argv=None) -> int:
             if not out.exists("metrics.json") or args.overwrite:
                 manifest.record(args.out)
         res = evaluate(pairs, gt, pred, out, settings, source, missing=missing, overwrite=args.overwrite,
-                       plots=not args.no_plots)
+                       plots=not args.no_plots, progress=not args.quiet)
     except (EvalConflict, HdrImageError, ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The whole pipeline at toy size, on the HDRIs inside the bpy wheel, in about two minutes on a 2-core CPU:
+# The whole pipeline at toy size, on the HDRIs inside the bpy wheel, in under a minute on a 2-core CPU (53 s measured):
 # render -> augment -> caption -> manifests -> train (DiffHDR, tiny random model) -> infer -> evaluate.
 # Every step is the real CLI a researcher runs at full size; only the sizes (and the random-weight model) differ.
 #   bash examples/tiny_pipeline.sh [WORKDIR]        (default: ./tiny-pipeline)
@@ -9,21 +9,21 @@ mkdir -p "$W"
 export HF_HUB_OFFLINE=1
 
 # 1. 8 HDRIs x 2 camera programs x 9 frames of 32x32, direct engine (validated against Cycles), no Ray
-python -m render.run --out "$W/data" --engine direct --resolution 32x32 --frames 9 --samples 4 \
+python -m render.run --root "$W/data" --engine direct --resolution 32x32 --frames 9 --samples 4 \
     --programs highlight_zoom_in,rotation_000 --no-ray
 # 2. one LDR augmentation per clip (DiffHDR §3.1.2 as written), 3. captions from image statistics (no VLM weights)
-python -m augment.run --dataset "$W/data" --no-ray
-python -m caption.run --dataset "$W/data" --backend stats --no-ray
+python -m augment.run --root "$W/data" --no-ray
+python -m caption.run --root "$W/data" --backend stats --no-ray
 # 4. an immutable manifest version; 2 clips (one HDRI) held out for test
 python -m manifests build --root "$W/data" --test 2 --quiet
 M="$W/data/manifests/v0001.parquet"
 # 5. DiffHDR: tiny random Wan2.1-VACE + LoRA, 6 steps on the train split
-python -m train.run --manifest "$M" --model diffhdr --config train/configs/diffhdr_tiny.yaml --out "$W/run" \
-    --no-progress
+python -m train.run --manifest "$M" --model diffhdr --config train/configs/diffhdr_tiny.yaml --run "$W/run" \
+    --quiet
 # 6. HDR predictions for the test clips, from their stored LDR frames (laid out like the dataset)
-for key in $(python -c "from manifests import open_manifest; print(' '.join(c.key for c in open_manifest('$M').clips('test')))"); do
-    python -m train.infer --lora "$W/run/lora.safetensors" --video "$W/data/$key/ldr/paper_00" --out "$W/pred/$key" \
-        --steps 4 --no-progress
+for key in $(python -c "from hdr.dataset import open_manifest; print(' '.join(c.key for c in open_manifest('$M').clips('test')))"); do
+    python -m train.infer --run "$W/run" --input "$W/data/$key/ldr/paper_00" --out "$W/pred/$key" \
+        --steps 4 --quiet
 done
 # 7. metrics of the test split (the fast ones; add fvvdp,cvvdp for the VDPs)
 python -m evaluate.run --manifest "$M" --split test --predictions "$W/pred" --out "$W/eval" \

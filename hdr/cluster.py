@@ -73,14 +73,18 @@ def run_tasks(
     memory_of: Callable[[Any], int] | None = None,
     on_result: Callable[[Any, Any], None],
     on_error: Callable[[Any, str], None],
+    fatal: tuple[type[BaseException], ...] = (),
 ) -> None:
     """Run ``fn(item)`` for every item; ``on_result(item, value)`` or ``on_error(item, message)`` on the driver as
-    each one finishes. With Ray, at most ``max_in_flight`` tasks are submitted at a time."""
+    each one finishes. With Ray, at most ``max_in_flight`` tasks are submitted at a time. An exception of a ``fatal``
+    type (a setup error that every item would hit) is raised here instead of being reported per item."""
     items = list(items)
     if not use_ray:
         for item in items:
             try:
                 value = fn(item)
+            except fatal:
+                raise
             except Exception as e:  # noqa: BLE001  (a failed item is recorded; the rest go on)
                 on_error(item, error_line(e))
             else:
@@ -110,6 +114,9 @@ def run_tasks(
             try:
                 value = ray.get(ref)
             except Exception as e:  # noqa: BLE001  (retries are exhausted: record and go on)
+                cause = getattr(e, "cause", None)
+                if fatal and isinstance(cause, fatal):
+                    raise cause from None
                 on_error(item, error_line(e))
             else:
                 on_result(item, value)

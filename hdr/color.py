@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
+
 # ITU-R BT.709 luma coefficients for linear RGB.
 REC709_LUMA = (0.2126, 0.7152, 0.0722)
 
@@ -166,3 +168,27 @@ def pu21_encode(y, params=PU21_BANDING_GLARE):
 
 
 PU21_PEAK = float(pu21_encode(PU21_L_MAX))  # the PSNR peak of PU21-encoded images (value at 10000 cd/m^2)
+
+
+def radiance_stats(lum: np.ndarray, max_channel: float | None = None) -> dict:
+    """Summary statistics of a luminance sample (any shape)."""
+    v = np.asarray(lum, dtype=np.float64).ravel()
+    p = np.percentile(v, [0.1, 1, 50, 99, 99.9])
+    pos = v[v > 0]
+    lo = np.percentile(pos, 0.1) if pos.size else 0.0
+    stats = {
+        "basis": "Rec.709 luminance",
+        "min": float(v.min()),
+        "max": float(v.max()),
+        "mean": float(v.mean()),
+        "p0.1": float(p[0]),
+        "p1": float(p[1]),
+        "p50": float(p[2]),
+        "p99": float(p[3]),
+        "p99.9": float(p[4]),
+        "frac_above_1": float((v > 1.0).mean()),
+        "dynamic_range_stops": float(math.log2(p[4] / lo)) if lo > 0 and p[4] > 0 else None,
+    }
+    if max_channel is not None:
+        stats["max_channel"] = float(max_channel)
+    return stats

@@ -5,14 +5,15 @@ import argparse
 import json
 import sys
 
+from hdr import cli
 from hdr.io import HdrImageError
 from hdr.storage import Store, UnsafePathError, human_bytes
-from manifests.paths import ManifestError, list_versions
+from hdr.dataset.layout import ManifestError, list_versions
 
 
 def build_parser() -> argparse.ArgumentParser:
     fmt = argparse.ArgumentDefaultsHelpFormatter
-    p = argparse.ArgumentParser(prog="python -m manifests", formatter_class=fmt,
+    p = argparse.ArgumentParser(prog=cli.prog("manifests"), formatter_class=fmt,
                                 description="Versioned, content-hashed records of a dataset made by render/augment/"
                                 "caption. Versions live in ROOT/manifests/vNNNN.parquet + vNNNN.json and are never "
                                 "rewritten.")
@@ -20,7 +21,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     def cmd(name, help_):
         sp = sub.add_parser(name, help=help_, description=help_, formatter_class=fmt)
-        sp.add_argument("--root", required=True, help="dataset root (path or fsspec URL)")
+        cli.add_root(sp, help="dataset root (path or fsspec URL)")
         return sp
 
     b = cmd("build", "scan clips/augmentations/captions, hash every file and write a new version (if anything "
@@ -32,7 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--rehash", action="store_true", help="hash every file even if its size and mtime match the "
                                                         "parent version")
     b.add_argument("--threads", type=int, default=None, help="hashing threads (default: 2 x cores, at most 8)")
-    b.add_argument("--quiet", action="store_true", help="no progress bars")
+    cli.add_quiet(b)
 
     cmd("list", "list the versions")
 
@@ -49,30 +50,31 @@ def build_parser() -> argparse.ArgumentParser:
     v = cmd("verify", "re-hash every file of a version; exit 1 naming every missing or changed file")
     v.add_argument("version", nargs="?", default="latest")
     v.add_argument("--quick", action="store_true", help="compare sizes and mtimes only (no hashing)")
-    v.add_argument("--threads", type=int, default=None)
-    v.add_argument("--quiet", action="store_true")
+    v.add_argument("--threads", type=int, default=None, help="hashing threads (default: 2 x cores, at most 8)")
+    cli.add_quiet(v)
 
     e = cmd("export", "export a version for other trainers and tools")
     e.add_argument("version")
     e.add_argument("--format", required=True, choices=("diffhdr-csv", "hf", "webdataset"))
-    e.add_argument("--out", help="output folder (default: ROOT/exports/<version>/<format>)")
+    e.add_argument("--out", help="output folder [default: ROOT/_exports/<version>/<format>]")
     e.add_argument("--shard-size", default="1GB", help="webdataset: target tar shard size (e.g. 1GB, 200MB)")
-    e.add_argument("--aug-kind", default="single", choices=("single", "alt2", "alt3"),
-                   help="webdataset: which stored augmentations to pack with each clip ('all' not needed: one kind)")
+    cli.add_kind(e, aliases=("--aug-kind",), help="webdataset: which kind of stored augmentations to pack with "
+                 "each clip (single, or HDR-V-Diff's alternating alt2/alt3)")
     e.add_argument("--overwrite", action="store_true", help="replace an existing export folder")
+    cli.add_quiet(e)
 
     r = cmd("report", "write a static HTML page with thumbnails, histograms and totals")
     r.add_argument("version", nargs="?", default="latest")
-    r.add_argument("--out", help="output folder (default: ROOT/manifests/report-<version>)")
+    r.add_argument("--out", help="output folder (default: ROOT/_reports/<version>; required for an object-store root)")
     r.add_argument("--thumb-width", type=int, default=160)
     r.add_argument("--split", choices=("train", "val", "test"), help="show only this split's HDRIs")
     r.add_argument("--max-hdris", type=int, help="show only the first N HDRIs (by name); totals stay complete")
-    r.add_argument("--quiet", action="store_true")
+    cli.add_quiet(r)
     return p
 
 
 def _open(root: str, version: str):
-    from manifests.manifest import open_manifest
+    from hdr.dataset.manifest import open_manifest
 
     return open_manifest(root, version)
 
@@ -168,7 +170,7 @@ def _run(args, argv) -> int:
         from manifests.export import export
 
         out = export(_open(args.root, args.version), args.format, out=args.out, shard_size=args.shard_size,
-                     aug_kind=args.aug_kind, overwrite=args.overwrite)
+                     aug_kind=args.kind, overwrite=args.overwrite, progress=not args.quiet)
         print(f"wrote {out}")
         return 0
 

@@ -31,13 +31,11 @@ from tqdm import tqdm
 import hdr
 from hdr.seeding import derive_seed
 from hdr.storage import Store, UnsafePathError, sha256_file
-from manifests.paths import (MANIFEST_DIR, ManifestError, check_inside, check_name, list_versions, real_root,
-                             version_files, version_name)
-from manifests.records import ARROW_SCHEMA, FILE_HASH, SCHEMA_ID, SPLITS
-from render import layout
-
-AUG_JSON = "aug.json"
-CAPTION_JSON = "caption.json"
+from hdr.dataset import layout
+from hdr.dataset.layout import (AUG_JSON, CAPTION_JSON, CLIP_JSON, LDR_DIR, MANIFEST_DIR, ManifestError,
+                                check_inside, list_versions, real_root, version_files, version_name)
+from hdr.dataset.records import AugMeta, CaptionMeta, ClipMeta, RecordError
+from hdr.dataset.rows import ARROW_SCHEMA, FILE_HASH, SCHEMA_ID, SPLITS
 CLIP_HASH_DEF = ("sha256 over '<path>\\t<bytes>\\t<sha256>\\n' of the clip's files sorted by path (paths relative "
                  "to root)")
 ROOT_HASH_DEF = "sha256 over '<key>\\t<split>\\t<clip_hash>\\n' of all clips sorted by key"
@@ -150,11 +148,6 @@ def _listdir(store: Store, rel: str) -> dict[str, tuple[int, int, bool]]:
     return out
 
 
-def _kind(aug: dict) -> str:
-    alt = aug.get("alternating")
-    return f"alt{int(alt['n_exposures'])}" if alt else "single"
-
-
 def _clip_folders(store: Store) -> set[tuple[str, str]]:
     """(hdri_id, clip_id) of every folder two levels down (also those without a clip.json, which scan_clip then
     reports as incomplete); top-level names starting with '.' or '_' and the manifests folder are not HDRIs."""
@@ -167,8 +160,7 @@ def _clip_folders(store: Store) -> set[tuple[str, str]]:
         if info.get("type") != "directory":
             continue
         parts = store.rel(path).split("/")
-        if len(parts) == 2 and not parts[0].startswith((".", "_")) and parts[0] != MANIFEST_DIR \
-                and not parts[1].startswith("."):
+        if len(parts) == 2 and layout.is_hdri_name(parts[0]) and not parts[1].startswith("."):
             out.add((parts[0], parts[1]))
     return out
 
@@ -177,18 +169,16 @@ def scan_clip(store: Store, hdri_id: str, clip_id: str, root_real: str | None) -
     """One clip folder -> ClipScan, or a reason string when the clip is not complete. Unsafe paths raise."""
     crel = layout.clip_rel(hdri_id, clip_id)
     check_inside(store, crel, root_real)
-    try:  # a clip.json is input too: its frame names are checked before anything else looks at them
-        meta = store.read_json(f"{crel}/{layout.CLIP_JSON}")
-        for fr in meta["frames"]:
-            check_name(fr["file"], f"{crel}/{layout.CLIP_JSON}")
+    try:  # a clip.json is input too: its frame names are checked (ClipMeta) before anything else looks at them
+        meta = ClipMeta.read(store, f"{crel}/{CLIP_JSON}")
     except UnsafePathError:
         raise
-    except (FileNotFoundError, ValueError, KeyError, TypeError):
-        pass  # clip_state reports it
+    except (FileNotFoundError, RecordError) as e:
+        state, detail = layout.clip_state(store, hdri_id, clip_id)
+        return f"{crel}: {state if state != 'complete' else 'invalid'} ({detail if state != 'complete' else e})"
     state, detail = layout.clip_state(store, hdri_id, clip_id)
     if state != "complete":
         return f"{crel}: {state} ({detail})"
-    meta = store.read_json(f"{crel}/{layout.CLIP_JSON}")
     listing = _listdir(store, crel)
     files: list[FileEntry] = []
 
@@ -197,81 +187,69 @@ def scan_clip(store: Store, hdri_id: str, clip_id: str, root_real: str | None) -
             check_inside(store, rel, root_real)
         files.append(FileEntry(rel, entry[0], entry[1]))
 
-    frames = []
-    for fr in meta["frames"]:
-        name = check_name(fr["file"], f"{crel}/{layout.CLIP_JSON}")
-        frames.append(f"{crel}/{name}")
+    frames = [f"{crel}/{name}" for name in meta.files]
+    for name in meta.files:
         add(f"{crel}/{name}", listing[name])
-    add(f"{crel}/{layout.CLIP_JSON}", listing[layout.CLIP_JSON])
+    add(f"{crel}/{CLIP_JSON}", listing[CLIP_JSON])
 
     problems, augs, aug_settings = [], [], []
-    ldr = _listdir(store, f"{crel}/ldr") if "ldr" in listing else {}
+    ldr = _listdir(store, f"{crel}/{LDR_DIR}") if LDR_DIR in listing else {}
     for aid in sorted(n for n, (_, _, is_dir) in ldr.items() if is_dir and not n.startswith(".")):
-        arel = f"{crel}/ldr/{aid}"
+        arel = layout.aug_rel(hdri_id, clip_id, aid)
         check_inside(store, arel, root_real)
         alist = _listdir(store, arel)
         if AUG_JSON not in alist:
             problems.append(f"{arel}: no {AUG_JSON} (incomplete augmentation, left out)")
             continue
         try:
-            aug = store.read_json(f"{arel}/{AUG_JSON}")
-            names = [check_name(f, f"{arel}/{AUG_JSON}") for f in aug["frames"]]
-            masks = aug.get("masks") or {}
-            over = [check_name(masks["over"] % t, f"{arel}/{AUG_JSON}") for t in range(len(names))] if masks else []
-            under = [check_name(masks["under"] % t, f"{arel}/{AUG_JSON}") for t in range(len(names))] if masks else []
-            extra = [check_name(aug["preview"], f"{arel}/{AUG_JSON}")] if aug.get("preview") else []
+            aug = AugMeta.read(store, f"{arel}/{AUG_JSON}")
         except UnsafePathError:
             raise
-        except (ValueError, KeyError, TypeError) as e:
-            problems.append(f"{arel}/{AUG_JSON}: unreadable ({type(e).__name__}: {e}); augmentation left out")
+        except RecordError as e:
+            problems.append(f"{e}; augmentation left out")
             continue
-        missing = [n for n in names + over + under + extra if n not in alist]
+        missing = [n for n in aug.files if n not in alist]
         if missing:
             problems.append(f"{arel}: {len(missing)} files listed in {AUG_JSON} are missing (first: {missing[0]}); "
                             "augmentation left out")
             continue
-        for n in names + over + under + extra + [AUG_JSON]:
+        for n in aug.files + [AUG_JSON]:
             add(f"{arel}/{n}", alist[n])
-        params = dict(aug.get("params") or {})
-        if aug.get("alternating"):
-            params["alternating"] = aug["alternating"]
-        kind = _kind(aug)
-        augs.append({"aug_id": aid, "rel": arel, "preset": aug.get("preset"), "kind": kind,
-                     "frames": [f"{arel}/{n}" for n in names], "over": [f"{arel}/{n}" for n in over],
-                     "under": [f"{arel}/{n}" for n in under], "params": json.dumps(params, sort_keys=True)})
-        aug_settings.append({"preset": aug.get("preset"), "kind": kind, "dataset_seed": aug.get("dataset_seed"),
-                             "preset_settings": aug.get("preset_settings"), "format": aug.get("format"),
-                             "masks": {k: v for k, v in masks.items() if k in ("mode", "encoding")}})
+        params = dict(aug.params)
+        if aug.alternating:
+            params["alternating"] = aug.alternating
+        augs.append({"aug_id": aid, "rel": arel, "preset": aug.preset, "kind": aug.kind,
+                     "frames": [f"{arel}/{n}" for n in aug.frames], "over": [f"{arel}/{n}" for n in aug.over],
+                     "under": [f"{arel}/{n}" for n in aug.under], "params": json.dumps(params, sort_keys=True)})
+        aug_settings.append({"preset": aug.preset, "kind": aug.kind, "dataset_seed": aug.dataset_seed,
+                             "preset_settings": aug.preset_settings, "format": aug.format,
+                             "masks": {k: v for k, v in aug.masks.items() if k in ("mode", "encoding")}})
 
     caption = {"caption": None, "overexposed": None, "underexposed": None, "backend": None, "model": None}
     cap_settings = None
     if CAPTION_JSON in listing:
         crel_cap = f"{crel}/{CAPTION_JSON}"
         try:
-            cap = store.read_json(crel_cap)
-            if not isinstance(cap.get("caption"), str):
-                raise ValueError("no 'caption' string")
-            model = cap.get("model") or {}
-            caption = {"caption": cap["caption"], "overexposed": cap.get("overexposed"),
-                       "underexposed": cap.get("underexposed"), "backend": cap.get("backend"),
-                       "model": model.get("id") if isinstance(model, dict) else str(model)}
-            cap_settings = {"backend": cap.get("backend"), "model": model, "prompt_hash": cap.get("prompt_hash")}
+            cap = CaptionMeta.read(store, crel_cap)
+            caption = {"caption": cap.caption, "overexposed": cap.overexposed, "underexposed": cap.underexposed,
+                       "backend": cap.backend, "model": cap.model["id"]}
+            cap_settings = {"backend": cap.backend, "model": cap.model, "prompt_hash": cap.prompt_hash}
             add(crel_cap, listing[CAPTION_JSON])
-        except (ValueError, AttributeError) as e:
-            problems.append(f"{crel_cap}: unreadable ({e}); clip recorded without a caption")
+        except RecordError as e:
+            problems.append(f"{e}; clip recorded without a caption")
 
-    rad = meta.get("radiance") or {}
-    res = (meta.get("output") or {}).get("resolution") or (meta.get("settings") or {}).get("resolution") or [0, 0]
+    rad = meta.radiance
+    width, height = meta.resolution
     row = {
-        "key": f"{hdri_id}/{clip_id}", "hdri_id": hdri_id, "hdri_sha256": (meta.get("hdri") or {}).get("sha256"),
-        "clip_id": clip_id, "program": meta.get("program", clip_id), "split": None, "n_frames": len(frames),
-        "width": int(res[0]), "height": int(res[1]), "rel": crel, "frames": frames, "augs": augs,
+        "key": f"{hdri_id}/{clip_id}", "hdri_id": hdri_id, "hdri_sha256": meta.hdri.get("sha256"),
+        "clip_id": clip_id, "program": meta.program, "split": None, "n_frames": len(frames),
+        "width": width, "height": height, "rel": crel, "frames": frames, "augs": augs,
         "caption": caption["caption"], "overexposed": caption["overexposed"],
         "underexposed": caption["underexposed"], "caption_backend": caption["backend"],
         "caption_model": caption["model"], "dr_stops": rad.get("dynamic_range_stops"),
         "radiance_max": rad.get("max"), "radiance_mean": rad.get("mean"), "radiance_p50": rad.get("p50"),
         "radiance_p99": rad.get("p99"), "frac_above_1": rad.get("frac_above_1"),
-        "render_settings": json.dumps(meta.get("settings"), sort_keys=True),
+        "render_settings": json.dumps(meta.settings, sort_keys=True),
     }
     return ClipScan(row=row, files=files, aug_settings=aug_settings, caption_settings=cap_settings,
                     problems=problems)
@@ -350,7 +328,7 @@ def _parent_files(store: Store, parent: str | None) -> tuple[dict, dict, dict]:
         return {}, {}, {}
     prel, jrel = version_files(parent)
     record = store.read_json(jrel)
-    from manifests.manifest import open_manifest
+    from hdr.dataset.manifest import open_manifest
 
     t = open_manifest(store.url, parent).files_table()
     t = t.append_column("hdri_id", pa.array([k.split("/")[0] for k in t["key"].to_pylist()], pa.string()))
@@ -368,7 +346,7 @@ def build(root: str, *, seed: int = 0, test="50", val="0", rehash: bool = False,
     root_real = real_root(store)
     clips = sorted(layout.finished_clips(store) | _clip_folders(store))
     if not clips and not allow_empty:
-        raise ManifestError(f"{root}: no rendered clips (*/*/{layout.CLIP_JSON}) to record")
+        raise ManifestError(f"{root}: no rendered clips (*/*/{CLIP_JSON}) to record")
     versions = list_versions(store)
     parent = versions[-1] if versions else None
     known, parent_splits, parent_record = _parent_files(store, parent)

@@ -33,9 +33,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
+from hdr.dataset.layout import AUG_JSON, CAPTION_JSON, CLIP_JSON
+from hdr.dataset.manifest import Manifest
 from hdr.storage import Store
-from manifests.manifest import Manifest
-from manifests.records import SPLITS
+from hdr.dataset.rows import SPLITS
 
 FORMATS = ("diffhdr-csv", "hf", "webdataset")
 
@@ -187,7 +188,7 @@ def _export_wds(m: Manifest, dst: Store, stage: Path, maxsize: int, aug_kind: st
             for c in tqdm(clips, unit="clip", desc=f"webdataset {split}", file=sys.stderr, disable=not progress,
                           dynamic_ncols=True):
                 sample = {"__key__": _wds_key(c.key)}
-                sample["clip.json"] = m.read_bytes(f"{c.rel}/clip.json")
+                sample[CLIP_JSON] = m.read_bytes(f"{c.rel}/{CLIP_JSON}")
                 for rel in c.frames:
                     sample[posixpath.basename(rel)] = m.read_bytes(rel)
                 augs = c.aug(aug_kind)
@@ -196,9 +197,9 @@ def _export_wds(m: Manifest, dst: Store, stage: Path, maxsize: int, aug_kind: st
                     for kind, files in (("ldr", a.frames), ("over", a.over), ("under", a.under)):
                         for t, rel in enumerate(files):
                             sample[f"{kind}_{t:04d}.png"] = m.read_bytes(rel)
-                    sample["aug.json"] = m.read_bytes(f"{a.rel}/aug.json")
+                    sample[AUG_JSON] = m.read_bytes(f"{a.rel}/{AUG_JSON}")
                 if c.caption is not None:
-                    sample["caption.json"] = m.read_bytes(f"{c.rel}/caption.json")
+                    sample[CAPTION_JSON] = m.read_bytes(f"{c.rel}/{CAPTION_JSON}")
                 row = {"key": c.key, "version": m.version, "root_hash": m.root_hash, "split": c.split,
                        "clip_hash": c.clip_hash, "aug_id": augs[0].aug_id if augs else None,
                        "caption": c.caption, "overexposed": c.overexposed, "underexposed": c.underexposed}

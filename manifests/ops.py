@@ -10,7 +10,7 @@ from tqdm import tqdm
 
 from hdr.storage import UnsafePathError
 from manifests.build import hash_file
-from manifests.manifest import Manifest
+from hdr.dataset.manifest import Manifest
 
 
 def verify(m: Manifest, quick: bool = False, threads: int | None = None, progress: bool = True) -> list[str]:

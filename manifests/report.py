@@ -25,8 +25,8 @@ from tqdm import tqdm
 from hdr.color import REINHARD_KEY, luminance, reinhard_display
 from hdr.io import LdrImageError, decode_ldr, read_image, write_png
 from hdr.storage import atomic_write_text, human_bytes
-from manifests.manifest import Manifest
-from manifests.records import ClipRecord
+from hdr.dataset.manifest import Manifest
+from hdr.dataset.rows import ClipRecord
 
 HIST_RANGE = (-12.0, 18.0)  # log2 luminance (stops), one bin per stop
 KEY = REINHARD_KEY

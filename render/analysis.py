@@ -245,27 +245,3 @@ def find_aim(lum: np.ndarray, factor: int, kind: str, sigma_deg: float, elevatio
 def aims(lum: np.ndarray, factor: int) -> dict[str, Aim]:
     """Both aims the camera programs need, with the default robustness settings."""
     return {"brightest": find_aim(lum, factor, **HIGHLIGHT), "darkest": find_aim(lum, factor, **SHADOW)}
-
-
-def radiance_stats(lum: np.ndarray, max_channel: float | None = None) -> dict:
-    """Summary statistics of a luminance sample (any shape)."""
-    v = np.asarray(lum, dtype=np.float64).ravel()
-    p = np.percentile(v, [0.1, 1, 50, 99, 99.9])
-    pos = v[v > 0]
-    lo = np.percentile(pos, 0.1) if pos.size else 0.0
-    stats = {
-        "basis": "Rec.709 luminance",
-        "min": float(v.min()),
-        "max": float(v.max()),
-        "mean": float(v.mean()),
-        "p0.1": float(p[0]),
-        "p1": float(p[1]),
-        "p50": float(p[2]),
-        "p99": float(p[3]),
-        "p99.9": float(p[4]),
-        "frac_above_1": float((v > 1.0).mean()),
-        "dynamic_range_stops": float(math.log2(p[4] / lo)) if lo > 0 and p[4] > 0 else None,
-    }
-    if max_channel is not None:
-        stats["max_channel"] = float(max_channel)
-    return stats

@@ -18,11 +18,13 @@ from pathlib import Path
 import numpy as np
 
 import hdr
-from hdr.color import luminance
+from hdr.color import luminance, radiance_stats
 from hdr.io import HdrImageError, equirect_problem, read_header, read_image, sanitize, sanitize_policy, write_exr
 from hdr.seeding import SEED_DERIVATION
 from hdr.storage import Store, sha256_file
-from render import analysis, camera, layout
+from hdr.dataset import layout
+from hdr.dataset.records import ClipMeta
+from render import analysis, camera
 from render.engines import EngineError, HdriSource, get_engine
 from render.programs import PROGRAMS, ClipPlan, FrameCamera, plan_clip
 
@@ -218,7 +220,7 @@ def _prepare_hdri(local: Path, task: HdriTask, needs: str, scratch: Path) -> _Hd
         "pixel_type": header.pixel_type,
         "compression": header.compression,
         "sanitize": bad,
-        "radiance": analysis.radiance_stats(lum_small, max_channel=float(img.max())),
+        "radiance": radiance_stats(lum_small, max_channel=float(img.max())),
         "radiance_note": f"statistics of the luminance map area-averaged {factor}x{factor}",
     }
     signed = policy == "signed" and bad["negative"] > 0
@@ -275,12 +277,12 @@ def _render_negative_part(engine, hdri: _Hdri, task: HdriTask, programs, scratch
 def _clip_record(task, plan, hdri, engine_info, frames, pooled, out_info, timing) -> dict:
     s = task.settings
     lum = np.concatenate(pooled) if pooled else np.zeros(1)
-    radiance = analysis.radiance_stats(lum, max_channel=max(f["stats"]["max_channel"] for f in frames))
+    radiance = radiance_stats(lum, max_channel=max(f["stats"]["max_channel"] for f in frames))
     radiance["min"] = min(f["stats"]["min"] for f in frames)
     radiance["max"] = max(f["stats"]["max"] for f in frames)
     radiance["note"] = "min/max exact over all frames; percentiles from a strided sample of each frame"
     return {
-        "schema": layout.CLIP_SCHEMA,
+        "schema": ClipMeta.schema_id(),
         "hdri_id": task.hdri_id,
         "clip_id": plan.clip_id,
         "program": plan.program,
@@ -406,7 +408,7 @@ def _render_clip(task: HdriTask, out: Store, engine, hdri: _Hdri, program: str, 
     }
     record = _clip_record(task, plan, hdri, engine.info(), frames, pooled, out_info, timing)
     fault_point("before-clip-json")
-    out.write_json(f"{rel}/{layout.CLIP_JSON}", record)  # last: marks the clip complete
+    ClipMeta.from_json(record, f"{rel}/{layout.CLIP_JSON}").write(out, f"{rel}/{layout.CLIP_JSON}")  # last: complete
     return {"status": "rendered", "frames": len(frames), "seconds": total, "render_seconds": render_s}
 
 

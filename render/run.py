@@ -7,19 +7,16 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import os
 import sys
 import tempfile
-import time
 from concurrent.futures import ThreadPoolExecutor
 
-from tqdm import tqdm
-
+from hdr import cli
 from hdr.cluster import RayOptions, run_tasks
 from hdr.io import read_header
 from hdr.storage import Store, human_bytes
 from render import hdri as hdri_mod
-from render import layout
+from hdr.dataset import layout
 from render.engines import ENGINES
 from render.job import NEGATIVE_TEXELS, HdriResult, HdriTask, RenderSettings, render_hdri
 from render.programs import GROUPS, PROGRAMS, parse_programs
@@ -42,15 +39,15 @@ GPU_DEVICES = ("cuda", "optix", "hip", "oneapi", "metal")
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="python -m render.run",
+        prog=cli.prog("render.run"),
         description="Render short HDR camera sequences (DiffHDR §3.1.1) from equirectangular HDRIs with Blender "
-        "Cycles, one Ray task per HDRI. Output: OUT/<hdri_id>/<clip_id>/frame_0000.exr ... + clip.json. "
+        "Cycles, one Ray task per HDRI. Output: ROOT/<hdri_id>/<clip_id>/frame_0000.exr ... + clip.json. "
         "Rerun the same command to resume.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("--hdris", help="folder or URL (s3://, gs://) searched recursively for .exr/.hdr maps "
                    "[default: the 8 CC0 PolyHaven maps inside the bpy wheel]")
-    p.add_argument("--out", default="renders", help="output root: local folder or URL")
+    cli.add_root(p, default="renders", aliases=("--out",), help="dataset root written: local folder or URL")
     p.add_argument("--programs", default="all",
                    help=f"comma list of programs ({', '.join(PROGRAMS)}) or groups ({', '.join(GROUPS)})")
     p.add_argument("--frames", type=int, default=81, help="frames per clip")
@@ -64,9 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-samples", type=int, default=256,
                    help="direct engine: cap of its adaptive per-pixel sample grid; above it the map is mip-prefiltered "
                    "(faster on 16k maps, ~1-3%% less accurate next to small suns)")
-    p.add_argument("--device", default="auto",
-                   help="auto (a GPU when Blender/torch sees one, else the CPU), cpu; blender also cuda, optix, hip, "
-                   "oneapi, metal; direct+torch also cuda")
+    cli.add_device(p, help="auto (a GPU when Blender/torch on the worker sees one, else the CPU), cpu; blender also "
+                   "cuda, optix, hip, oneapi, metal; direct+torch also cuda, cuda:N")
     p.add_argument("--half", action="store_true",
                    help="write half-float EXR (7.6x smaller); radiance above 65504 is clamped and the clamp recorded")
     p.add_argument("--compression", default="zip", help="EXR compression: zip, piz, zips, none, ...")
@@ -80,20 +76,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dry-run", action="store_true",
                    help="print the plan, disk and core-hour estimates; render nothing")
     p.add_argument("--no-probe", action="store_true", help="with --dry-run: skip the one-clip timing probe")
-    g = p.add_argument_group("execution")
-    g.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else a local Ray instance)")
-    g.add_argument("--no-ray", action="store_true", help="render in this process, one HDRI after another")
-    g.add_argument("--cpus-per-task", type=int, default=min(4, os.cpu_count() or 1),
-                   help="CPUs reserved per HDRI task (also Cycles' thread count)")
-    g.add_argument("--gpus-per-task", type=float, default=None,
-                   help="GPUs reserved per task [default: 1 when --device names a GPU (cuda, optix, hip, oneapi, "
-                   "metal), else 0; with --device auto on a cluster, give it to place tasks on GPU nodes]")
-    g.add_argument("--retries", type=int, default=2, help="retries of a task whose worker or node died")
-    g.add_argument("--tasks-per-worker", type=int, default=4,
-                   help="recycle a worker process after this many HDRIs (bounds bpy memory growth)")
-    g.add_argument("--max-in-flight", type=int, default=0, help="tasks submitted at once (0: 2x cluster CPUs)")
-    g.add_argument("--ray-resource", action="append", default=[], metavar="NAME",
-                   help="only schedule on nodes that advertise this custom resource (e.g. blender); repeatable")
+    cli.add_quiet(p)
+    cli.add_ray(p, cpus_per_task=cli.default_cpus(), gpus_per_task=None, tasks_per_worker=4, what="HDRI", helps={
+        "--cpus-per-task": "CPUs reserved per HDRI task (also Cycles' thread count)",
+        "--gpus-per-task": "GPUs reserved per task [default: 1 when --device names a GPU (cuda, optix, hip, oneapi, "
+        "metal), else 0; with --device auto on a cluster, give it to place tasks on GPU nodes]",
+        "--tasks-per-worker": "recycle a worker process after this many HDRIs (bounds bpy memory growth)",
+        "--ray-resource": "only schedule on nodes that advertise this custom resource (e.g. blender); repeatable"})
     return p
 
 
@@ -142,10 +131,20 @@ def _probe(settings: RenderSettings, hdris_url: str, entry, use_ray: bool, opts:
     }
 
 
+def resolve_render_device(args) -> str:
+    """``auto`` stays ``auto`` (each worker's engine picks its GPU or the CPU); the Cycles backends are taken as
+    given; ``cuda:N`` is checked against this machine's GPUs, or only spelled right when a cluster renders."""
+    device = cli.check_device(args.device, extra=GPU_DEVICES)
+    if device == "auto" or cli.ray_is_remote(args):
+        return device
+    return cli.resolve_device(device, extra=GPU_DEVICES)
+
+
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
         programs = parse_programs(args.programs)
+        device = resolve_render_device(args)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -176,9 +175,9 @@ def main(argv=None) -> int:
     settings = RenderSettings(frames=args.frames, width=w, height=h, samples=args.samples, seed=args.seed,
                               programs=programs, engine=args.engine, backend=args.backend,
                               max_samples=args.max_samples, half=args.half, compression=args.compression,
-                              device=args.device, threads=args.cpus_per_task, overwrite=args.overwrite,
+                              device=device, threads=args.cpus_per_task, overwrite=args.overwrite,
                               negative_texels=args.negative_texels)
-    out = Store(args.out)
+    out = Store(args.root)
     states = _states(out, entries, settings)
     todo_entries = [e for e in entries
                     if any(states[(e.hdri_id, p)][0] != "complete" for p in programs)
@@ -192,12 +191,8 @@ def main(argv=None) -> int:
 
     gpus = args.gpus_per_task
     if gpus is None:
-        gpus = 1.0 if args.device in GPU_DEVICES else 0.0
-    opts = RayOptions(
-        address=args.address, num_cpus=args.cpus_per_task, num_gpus=gpus, max_retries=args.retries,
-        max_calls=args.tasks_per_worker, max_in_flight=args.max_in_flight,
-        resources={r: 0.01 for r in args.ray_resource},
-    )
+        gpus = 1.0 if device in GPU_DEVICES or device.startswith("cuda:") else 0.0
+    opts = cli.ray_options(args, num_gpus=gpus)
     use_ray = not args.no_ray
 
     print(f"{len(entries)} HDRIs in {hdris_url}; {len(programs)} programs x {args.frames} frames at {w}x{h}, "
@@ -222,60 +217,43 @@ def main(argv=None) -> int:
                   f"({probe['seconds_per_frame'] * frames / 3600:.2f} h wall on one {cores}-core task slot)")
         return 0
 
-    tasks = [HdriTask(hdris_url, e.rel, e.hdri_id, args.out, settings) for e in todo_entries]
-    failures: list[dict] = []
-    counts = {"rendered": 0, "skipped": n_done, "conflict": 0, "failed": 0}
-    for (hid, p), d in sorted(conflicts.items()):
-        if not args.overwrite:
-            counts["conflict"] += 1
-            failures.append({"hdri": hid, "clip": p, "error": f"{hid}/{p} {d}; not overwritten "
-                             "(use another --out, or --overwrite)"})
-    started = time.time()
-    bar = tqdm(total=n_todo, unit="clip", desc="render", dynamic_ncols=True, file=sys.stderr)
+    conflicting = [] if args.overwrite else [
+        {"hdri": hid, "clip": p, "error": f"{hid}/{p} {d}; not overwritten (use another --root, or --overwrite)"}
+        for (hid, p), d in sorted(conflicts.items())]
 
-    def on_result(task: HdriTask, res: HdriResult) -> None:
+    def on_result(task: HdriTask, res: HdriResult) -> cli.Tally:
+        t = cli.Tally(units=0, say=[f"failed: {res.error}"] if res.error else [])
         for clip_id, c in res.clips.items():
             st = c["status"]
             if st == "skipped":
                 continue  # already counted from the listing
-            counts[st] = counts.get(st, 0) + 1
+            t.counts[st] = t.counts.get(st, 0) + 1
             if st in ("failed", "conflict"):
-                failures.append({"hdri": task.hdri_rel, "clip": clip_id, "error": c.get("detail")})
-            bar.update(1)
-        if res.error:
-            tqdm.write(f"failed: {res.error}", file=sys.stderr)
-        bar.set_postfix(failed=counts["failed"])
+                t.problems.append({"hdri": task.hdri_rel, "clip": clip_id, "error": c.get("detail")})
+            t.units += 1
+        return t
 
-    def on_error(task: HdriTask, message: str) -> None:
+    def on_error(task: HdriTask, message: str) -> cli.Tally:
         left = [p for p in programs if states[(task.hdri_id, p)][0] != "complete"]
-        counts["failed"] += len(left)
-        failures.append({"hdri": task.hdri_rel, "clip": None, "error": f"{task.hdri_rel}: {message}"})
-        tqdm.write(f"failed: {task.hdri_rel}: {message}", file=sys.stderr)
-        bar.update(len(left))
+        return cli.Tally(counts={"failed": len(left)}, units=len(left), say=[f"failed: {task.hdri_rel}: {message}"],
+                         problems=[{"hdri": task.hdri_rel, "clip": None, "error": f"{task.hdri_rel}: {message}"}])
 
-    try:
-        run_tasks(render_hdri, tasks, use_ray=use_ray, opts=opts,
-                  memory_of=lambda t: estimate_task_memory(in_store, t.hdri_rel),
-                  on_result=on_result, on_error=on_error)
-    except KeyboardInterrupt:
-        bar.close()
-        print("interrupted: finished clips are kept; rerun the same command to resume", file=sys.stderr)
-        return 130
-    bar.close()
+    def finish(record: dict, failures: list) -> str:
+        if failures:
+            out.write_json(FAILURES_FILE, {"run": record["started"], "failures": failures})
+            return f" -- see {out.uri(FAILURES_FILE)}"
+        if out.exists(FAILURES_FILE):
+            out.remove(FAILURES_FILE)  # stale: this run completed everything it was asked for
+        return ""
 
-    record = layout.write_run_record(out, "render", started, argv, settings=dataclasses.asdict(settings),
-                                     hdris=hdris_url, counts=counts, failures=failures)
-    if failures:
-        out.write_json(FAILURES_FILE, {"run": record["started"], "failures": failures})
-    elif out.exists(FAILURES_FILE):
-        out.remove(FAILURES_FILE)  # stale: this run completed everything it was asked for
-    summary = (f"rendered {counts['rendered']} clips, {counts['skipped']} already complete, "
-               f"{counts['failed']} failed, {counts['conflict']} conflicting")
-    if failures:
-        print(f"{summary} -- see {out.uri(FAILURES_FILE)}", file=sys.stderr)
-        return 1
-    print(summary, file=sys.stderr)
-    return 0
+    run = cli.StageRun(
+        stage="render", fn=render_hdri, store=out, argv=argv, total=n_todo,
+        tasks=[HdriTask(hdris_url, e.rel, e.hdri_id, args.root, settings) for e in todo_entries],
+        counts={"rendered": 0, "skipped": n_done, "conflict": len(conflicting), "failed": 0}, problems=conflicting,
+        on_result=on_result, on_error=on_error, memory_of=lambda t: estimate_task_memory(in_store, t.hdri_rel),
+        record={"settings": dataclasses.asdict(settings), "hdris": hdris_url}, finish=finish,
+        summary="rendered {rendered} clips, {skipped} already complete, {failed} failed, {conflict} conflicting")
+    return cli.run_stage(run, use_ray=use_ray, opts=opts, quiet=args.quiet)
 
 
 if __name__ == "__main__":

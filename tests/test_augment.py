@@ -7,10 +7,11 @@ import numpy as np
 import pytest
 import torch
 
-from augment.alternating import EXPOSURE_SETS, alternating_evs, alternating_ldr, network_input
-from augment.degrade import (PRESETS, Params, ar1_field, camera_noise, degrade, degrade_torch, exposure_shift,
+from hdr.degrade.alternating import EXPOSURE_SETS, alternating_evs, alternating_ldr
+from train.hdrvdiff.data import network_input
+from hdr.degrade.presets import (PRESETS, Params, ar1_field, camera_noise, degrade, degrade_torch, exposure_shift,
                              linear_to_ldr8, linear_to_srgb8, sample_params, visible_noise_8bit)
-from augment.masks import ema, exposure_masks_paper
+from hdr.degrade.masks import ema, exposure_masks_paper
 from hdr.color import log_gamma, log_gamma_inverse, mu_law, mu_law_inverse, reinhard_per_channel, srgb_eotf, srgb_oetf
 
 
@@ -129,7 +130,7 @@ def test_presets_differ_exactly_where_the_design_says():
     assert 0.02 < np.mean([d.noise for d in draws]) < 0.08   # scripts/train.sh --add_noise_prob 0.05
     stops = [sample_params(paper, s).exposure_stops for s in range(400)]
     assert min(stops) >= -2 and max(stops) <= 2 and len(set(stops)) == 400
-    # the visible noise each preset produces, in 8-bit steps at L = 1 (DESIGN.md's note, measured here)
+    # the visible noise each preset produces, in 8-bit steps at L = 1 (measured here)
     assert visible_noise_8bit(paper, 1.0) == pytest.approx(0.095, abs=0.002)
     assert visible_noise_8bit(code, 1.0) == pytest.approx(1.13, abs=0.01)
     assert visible_noise_8bit(code, 0.01) == pytest.approx(16.2, abs=0.1)
@@ -178,7 +179,7 @@ def test_colour_mappings_round_trip():
 
 
 def test_bucket_table_never_skips_a_code_boundary():
-    from augment.degrade import _code_thresholds, _tables
+    from hdr.degrade.presets import _code_thresholds, _tables
 
     for mode in ("round", "truncate"):
         for transfer in ("srgb", "gamma2.2"):
@@ -221,7 +222,7 @@ def test_zero_initialised_ar1_state_like_the_public_code():
 
 
 def test_normal_table_is_a_unit_normal():
-    from augment.degrade import normal_table
+    from hdr.degrade.presets import normal_table
 
     t = normal_table().astype(np.float64)
     assert t.mean() == 0.0 and t.var() == pytest.approx(1.0, abs=1e-9)
@@ -233,7 +234,7 @@ def test_normal_table_is_a_unit_normal():
 
 
 def test_visible_noise_of_the_code_preset_in_8bit_steps():
-    """DESIGN.md: the public code's noise is over one 8-bit step at L = 1; measured on the quantised output."""
+    """The public code's noise is over one 8-bit step at L = 1; measured on the quantised output."""
     p = _code_params(quantize="round")
     hdr = np.full((9, 64, 64, 3), 1.0 / 2 ** p.exposure_stops * 0.5, np.float32)  # L = 0.5 after exposure
     u8, _ = degrade(hdr, p)
@@ -245,7 +246,7 @@ def test_visible_noise_of_the_code_preset_in_8bit_steps():
 
 
 def test_code_masks_soft_formula_and_smoothing():
-    from augment.masks import exposure_masks, exposure_masks_code, soft_masks_code
+    from hdr.degrade.masks import exposure_masks, exposure_masks_code, soft_masks_code
 
     v = 242  # sRGB 0.949: inside the soft band of the over threshold
     frame = np.full((1, 20, 24, 3), v, np.uint8)
@@ -272,7 +273,7 @@ def test_code_masks_soft_formula_and_smoothing():
 
 
 def test_row_blocks_do_not_change_the_bytes(monkeypatch):
-    import augment.degrade as deg
+    import hdr.degrade.presets as deg
 
     hdr = (np.random.default_rng(4).random((3, 37, 21, 3)) * 2).astype(np.float32)
     p = sample_params(PRESETS["diffhdr-code"].with_overrides(noise_probability=1.0), 77)
@@ -285,7 +286,7 @@ def test_row_blocks_do_not_change_the_bytes(monkeypatch):
 
 
 def test_masks_on_tensors_equal_numpy_both_paths():
-    from augment.masks import exposure_masks
+    from hdr.degrade.masks import exposure_masks
 
     ldr = (np.random.default_rng(6).random((4, 24, 40, 3)) ** 0.3 * 255).astype(np.uint8)
     ldr[:, :8] = 255

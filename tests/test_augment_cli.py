@@ -10,7 +10,7 @@ import cv2
 import numpy as np
 import pytest
 
-from augment.degrade import Params, degrade
+from hdr.degrade.presets import Params, degrade
 from hdr.io import read_image
 from render.job import HdriTask, RenderSettings, render_hdri
 from tests.test_render_cli import REPO

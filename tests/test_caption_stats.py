@@ -10,7 +10,7 @@ import cv2
 import numpy as np
 import pytest
 
-from augment.masks import exposure_masks_paper
+from hdr.degrade.masks import exposure_masks_paper
 from caption import stats
 from caption.clip import CAPTION_JSON, CaptionSettings, caption_dataset, check_record
 from caption.frames import (OVER_COLOUR, UNDER_COLOUR, ClipInputError, load_clip_frames, reinhard_display,
@@ -271,11 +271,12 @@ def test_prompt_hash_tracks_the_question_not_the_clip():
 def test_check_record_rejects_contract_violations(tiny_dataset):
     rec = json.loads((tiny_dataset / "sunrise" / "rotation_000" / CAPTION_JSON).read_text())
     check_record(rec)
-    for key, value, why in (("caption", "[overexposed: x]", "caption is not"), ("attempts", 0, "attempts >= 1"),
-                            ("backend", "gpt", "unknown backend"), ("model", {"id": "x"}, "model must be"),
-                            ("scene", 3, "'scene' has type"), ("source", {}, "source must be")):
+    for key, value, why in (("caption", "[overexposed: x]", "caption: not"),
+                            ("attempts", 0, "attempts: 0; expected >= 1"),
+                            ("backend", "gpt", "backend: 'gpt'"), ("model", {"id": "x"}, "model: expected"),
+                            ("scene", 3, "scene: expected str or null"), ("source", {}, "source: expected")):
         bad = dict(rec, **{key: value})
         with pytest.raises(ValueError, match=why):
             check_record(bad)
-    with pytest.raises(ValueError, match="missing keys"):
+    with pytest.raises(ValueError, match="prompt_hash: missing"):
         check_record({k: v for k, v in rec.items() if k != "prompt_hash"})

@@ -1,4 +1,5 @@
-"""Every command-line entry point answers --help (exit 0, a usage line naming itself) without doing any work."""
+"""Every command-line entry point (also through ``hdrvid``, i.e. ``python -m hdr.commands``) answers --help (exit 0, a
+usage line naming itself) without doing any work."""
 from __future__ import annotations
 
 import os
@@ -15,6 +16,8 @@ COMMANDS = [
     ["manifests", "report"], ["manifests", "list"], ["manifests", "show"],
     ["train.run"], ["train.infer"], ["train.infer", "--model", "hdrvdiff"],
     ["evaluate.run"], ["evaluate.mapping"],
+    ["hdr.commands"], ["hdr.commands", "render"], ["hdr.commands", "caption"], ["hdr.commands", "manifests", "export"],
+    ["hdr.commands", "train"], ["hdr.commands", "infer"], ["hdr.commands", "evaluate"],
 ]
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from hdr.storage import Store
-from render import layout
+from hdr.dataset import layout
 
 REPO = Path(__file__).resolve().parents[1]
 HDRIS = ("sunrise", "forest", "city", "night", "courtyard", "studio")

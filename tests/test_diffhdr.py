@@ -34,7 +34,7 @@ def tiny_config(**train_over) -> dict:
 
 
 class Synth(torch.utils.data.Dataset):
-    """Items in the manifests.dataset.ClipWindowDataset contract (random HDR, LDR and masks derived from it)."""
+    """Items in the hdr.dataset.loader.ClipWindowDataset contract (random HDR, LDR and masks derived from it)."""
 
     def __init__(self, n=3, t=5, hw=32, stops=1.0):
         self.n, self.t, self.hw, self.stops = n, t, hw, stops
@@ -146,7 +146,7 @@ def test_control_recipes():
     ctrl3, _ = control_video(item, paper, gray_over=False, text_to_hdr=False)   # paper: plain LDR everywhere
     torch.testing.assert_close(ctrl3, C.ldr_to_unit(item["ldr"]))
     # masks recomputed by the augment library's named mode from the 8-bit LDR
-    from augment.masks import exposure_masks
+    from hdr.degrade.masks import exposure_masks
 
     u8 = (item["ldr"] * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
     for mode in ("paper", "diffhdr-code"):

@@ -77,7 +77,7 @@ TINY_TRANSFORMER = {"num_attention_heads": 4, "attention_head_dim": 48, "ffn_dim
 def clip_item(name: str):
     """Clip A (blue 16 px checker quadrants) or B (uniform white), given by the Log-Gamma image of their target (so the
     two target latents are far apart), and its 8-bit LDR, taken LDR_STOPS below the target and so under-exposed
-    everywhere (the paper mask is all ones), in the ``manifests.dataset.ClipWindowDataset`` item contract; both clips
+    everywhere (the paper mask is all ones), in the ``hdr.dataset.loader.ClipWindowDataset`` item contract; both clips
     have the same prompt."""
     checker = (((torch.arange(HW) // 16)[:, None] + (torch.arange(HW) // 16)[None]) % 2).float()
     unit = TARGET_LEVEL * (checker * torch.tensor([0.0, 0.0, 1.0])[:, None, None] if name == "A"

@@ -165,7 +165,7 @@ def random_video(n, hw=16, seed=0):
 
 
 def run_fake(frames8, window, overlap, blend_space="log-gamma", offset=0):
-    from augment.masks import exposure_masks
+    from hdr.degrade.masks import exposure_masks
 
     d = resolve_data_config({"recipe": "paper"})
     over, under = (np.asarray(m, np.float32) for m in exposure_masks(frames8, mode="paper"))

@@ -15,8 +15,9 @@ import torch
 import torch.nn.functional as F
 import yaml
 
-from augment.alternating import alternating_evs, alternating_ldr, network_input
-from augment.degrade import Params
+from hdr.degrade.alternating import alternating_evs, alternating_ldr
+from train.hdrvdiff.data import network_input
+from hdr.degrade.presets import Params
 from hdr.color import mu_law
 from train.hdrvdiff import stage_config
 from train.hdrvdiff.data import prepare, random_crop
@@ -394,7 +395,7 @@ def test_prepare_builds_eq1_input_and_consistent_target():
              "exposures": torch.tensor([exposures]), "params": [params.to_json()]}
     d = prepare(batch)
     assert d["L"].shape == (1, 4, 6, 16, 16)
-    for k in range(4):  # channels = augment.alternating.network_input (eq. 1), not a re-implementation
+    for k in range(4):  # channels = train.hdrvdiff.data.network_input (eq. 1), not a re-implementation
         assert torch.equal(d["L"][0, k], network_input(batch["ldr"][0, k], exposures[k], channel_axis=0))
     e_min = min(exposures)
     assert d["e_min"].item() == e_min == 0.25

@@ -9,7 +9,8 @@ import pytest
 from hdr.color import luminance
 from hdr.io import read_header, read_image, write_exr
 from hdr.storage import Store
-from render import layout
+from hdr.dataset import layout
+from hdr.dataset.records import ClipMeta
 from render.job import HdriTask, RenderSettings, render_hdri
 from tests.conftest import sun_map
 
@@ -41,7 +42,7 @@ def test_clip_json_is_complete_and_frames_are_float32_exr(bundled_hdris, tmp_pat
     for clip in ("shadow_zoom_out", "rotation_120"):
         d = tmp_path / "forest" / clip
         meta = json.loads((d / "clip.json").read_text())
-        assert meta["schema"] == layout.CLIP_SCHEMA and meta["program"] == clip
+        assert meta["schema"] == ClipMeta.schema_id() and meta["program"] == clip
         assert len(meta["hdri"]["sha256"]) == 64 and meta["hdri"]["width"] == 1024
         assert meta["engine"]["name"] == "blender" and meta["engine"]["version"].startswith("5.")
         assert meta["engine"]["samples"] == 4 and meta["output"]["resolution"] == [64, 32]

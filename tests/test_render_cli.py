@@ -13,7 +13,7 @@ import numpy as np
 
 from hdr.io import read_image, write_exr
 from hdr.storage import Store
-from render import layout
+from hdr.dataset import layout
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = ["--resolution", "32x16", "--samples", "1", "--cpus-per-task", "1"]

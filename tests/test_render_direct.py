@@ -1,4 +1,4 @@
-"""The direct engine against Cycles: same camera programs, same frames (issue 3's proof of equivalence)."""
+"""The direct engine against Cycles: same camera programs, same frames."""
 from __future__ import annotations
 
 import json

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from hdr.storage import Store
-from render import layout
+from hdr.dataset import layout
 
 REPO = Path(__file__).resolve().parents[1]
 ARGS = ["--programs", "highlight_zoom_in,rotation_000", "--frames", "3", "--resolution", "64x32", "--samples", "1",

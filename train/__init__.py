@@ -5,11 +5,11 @@ A model is a sub-package ``train.<name>`` registered in :data:`MODELS`. It provi
 
 * ``make_task(config: dict, manifest) -> TrainTask`` -- the task the engine trains (protocol in ``train.engine``);
   ``config`` is the resolved run config (``config["stage"]`` holds ``--stage``, ``config["data"]["cache_latents"]``
-  is set by ``--cache-latents``), ``manifest`` is the opened manifest (``manifests.open_manifest``);
+  is set by ``--cache-latents``), ``manifest`` is the opened manifest (``hdr.dataset.open_manifest``);
 * ``train.<name>.infer`` with ``add_arguments(parser)`` and ``main(args) -> int`` for ``python -m train.infer
   --model <name> ...``.
 
-``python -m train.run --manifest M --model diffhdr|hdrvdiff [--stage S] --config C.yaml --out RUN``.
+``python -m train.run --manifest M --model diffhdr|hdrvdiff [--stage S] --config C.yaml --run RUN``.
 """
 from __future__ import annotations
 

@@ -6,10 +6,10 @@ not model-specific:
 * the run folder ``RUN/``: ``config.yaml`` (the resolved config), ``manifest.json`` (``m.record(run_dir)``: manifest
   path, version, root hash), ``env.json`` (versions, device, processes, command line), ``metrics.jsonl`` and
   ``logs/`` (TensorBoard), ``checkpoints/step_NNNNNNN/`` and the task's export (e.g. ``lora.safetensors``);
-* the loop on ``accelerate``: ``device`` ``auto|cpu|cuda``, bf16 autocast on a GPU and fp32 on the CPU
-  (``train.mixed_precision: auto``), gradient accumulation, gradient clipping, gradient checkpointing through the
-  task's hook, multi-GPU through ``accelerate launch`` (``train/configs/accelerate_fsdp.yaml`` ships an FSDP
-  config, ``accelerate_ddp.yaml`` plain data parallel);
+* the loop on ``accelerate``: ``device`` ``auto|cpu|cuda|cuda:N`` (``hdr.cli.resolve_device``), bf16 autocast on a
+  GPU and fp32 on the CPU (``train.mixed_precision: auto``), gradient accumulation, gradient clipping, gradient
+  checkpointing through the task's hook, multi-GPU through ``accelerate launch``
+  (``train/configs/accelerate_fsdp.yaml`` ships an FSDP config, ``accelerate_ddp.yaml`` plain data parallel);
 * AdamW with a constant learning-rate schedule (optional linear warm-up);
 * checkpoints every ``train.checkpoint_every`` steps, the last ``train.checkpoints_keep`` kept, written to a
   temporary folder and renamed into place (a killed run never leaves a checkpoint that looks finished);
@@ -37,8 +37,12 @@ The TrainTask protocol (all a model module has to write)::
         def export(self, run_dir: Path, trainable_state: dict[str, Tensor]) -> list[str]
             # write the deliverable (e.g. LoRA safetensors) from the trainable weights; return the paths written
         def describe(self) -> dict                             # optional; recorded in env.json
-        def resolve_config(self, config: dict) -> dict         # optional; the config with the task's defaults filled
-            # in: what RUN/config.yaml records and what a resume compares
+        def resolve_config(self, config: dict) -> dict         # optional; the config validated, old key spellings
+            # mapped to today's and the task's defaults filled in: what RUN/config.yaml records and what a resume
+            # compares (a stored config.yaml goes through it too, so a folder written with old spellings resumes)
+
+The sections of a config are typed: :class:`TrainConfig` here, each trainer's ``data:``/``model:`` dataclasses
+(:class:`ConfigSection`: unknown keys, wrong types and bad choices are one-line errors naming the key).
 
 The engine saves/loads the trainable state generically (every parameter with ``requires_grad`` of ``module()``, by
 name), so a task does not write checkpoint code.
@@ -46,12 +50,16 @@ name), so a task does not write checkpoint code.
 from __future__ import annotations
 
 import copy
+import dataclasses
+import difflib
 import json
 import os
 import platform
 import shutil
 import sys
 import time
+import typing
+import warnings
 from dataclasses import dataclass, field, asdict
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
@@ -59,8 +67,12 @@ from typing import Any, Protocol, runtime_checkable
 import torch
 import yaml
 
+from hdr.cli import CliError, apply_set, parse_set
+from hdr.cli import resolve_device as _resolve_device
+from hdr.dataset.records import KINDS
 from hdr.seeding import derive_seed
 from hdr.storage import atomic_dir, atomic_write_text
+from hdr.typecheck import is_a, type_name, union_args
 
 CONFIG_NAME = "config.yaml"
 TRAINABLE_NAME = "trainable.safetensors"
@@ -98,10 +110,209 @@ class TrainTask(Protocol):
 
 # ----------------------------------------------------------------------------------------------------------- config
 
+class ConfigDeprecationWarning(FutureWarning):
+    """An old spelling of a config key (still read, mapped to the new key). A FutureWarning, so it is shown."""
+
+
+class one_line_config_warnings(warnings.catch_warnings):
+    """Within it, a :class:`ConfigDeprecationWarning` prints as one ``warning: ...`` line on stderr (the CLIs); other
+    warnings as usual."""
+
+    def __enter__(self):
+        out = super().__enter__()
+        show = warnings.showwarning
+
+        def showwarning(message, category, filename, lineno, file=None, line=None):
+            if issubclass(category, ConfigDeprecationWarning):
+                print(f"warning: {message}", file=sys.stderr if file is None else file)
+            else:
+                show(message, category, filename, lineno, file, line)
+
+        warnings.showwarning = showwarning
+        return out
+
+
+def _type_name(tp) -> str:
+    """A type as config messages name it: YAML words (mapping, list), a nested section is a mapping."""
+    members = union_args(tp)
+    if members is not None:
+        return " or ".join(_type_name(a) for a in members)
+    origin = typing.get_origin(tp) or tp
+    if origin is dict or (isinstance(tp, type) and issubclass(tp, ConfigSection)):
+        return "mapping"
+    if origin in (list, tuple):
+        return "list"
+    return type_name(tp)
+
+
+def _wrong_type(value, tp, where: str) -> TrainError:
+    hint = ""
+    if isinstance(value, str) and float in (tp, *typing.get_args(tp)):
+        try:
+            float(value)
+            hint = " (YAML reads 1e-4 as text: write 1.0e-4)"
+        except ValueError:
+            pass
+    return TrainError(f"config {where}: expected {_type_name(tp)}, got {type(value).__name__} {value!r}"[:300] + hint)
+
+
+def _is_section(tp) -> bool:
+    return isinstance(tp, type) and issubclass(tp, ConfigSection)
+
+
+def check_value(value, tp, where: str):
+    """``value`` if it has the annotated type ``tp`` (:func:`hdr.typecheck.is_a`: bool, int, float (an int is one too),
+    str, list/tuple (a YAML list), dict, Any, X | None, X | Y) or is the mapping of a nested :class:`ConfigSection`
+    (built from it); else a one-line :class:`TrainError` naming ``where`` (e.g. ``data.window``). Values are not
+    converted (RUN/config.yaml keeps them as written)."""
+    if _is_section(tp):
+        if not isinstance(value, dict):
+            raise _wrong_type(value, tp, where)
+        return tp.from_dict(value, section=where)
+    members = union_args(tp)
+    if members is not None and any(_is_section(a) for a in members):
+        if value is None and type(None) in members:
+            return None
+        section = next(a for a in members if _is_section(a))
+        if isinstance(value, dict):  # the section's own message names the nested key
+            return section.from_dict(value, section=where)
+        rest = tuple(a for a in members if not _is_section(a))
+        if rest and is_a(value, typing.Union[rest]):
+            return value
+        raise _wrong_type(value, tp, where)
+    if not is_a(value, tp):
+        raise _wrong_type(value, tp, where)
+    return value
+
+
+def unknown_keys_error(unknown, known, section: str) -> TrainError:
+    """``config data: unknown key 'windw' (did you mean 'window'?); known: ...`` (difflib's closest known key)."""
+    parts = []
+    for k in sorted(map(str, unknown)):
+        close = difflib.get_close_matches(k, list(known), n=1)
+        parts.append(f"{k!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+    return TrainError(f"config {section}: unknown key{'s' if len(parts) > 1 else ''} {', '.join(parts)}; known: "
+                      f"{', '.join(sorted(known))}")
+
+
+class ConfigSection:
+    """Base of the typed sections of a run config (``train:``, each trainer's ``data:`` and ``model:``): a dataclass
+    whose fields are the section's keys, each with its one type and default.
+
+    ``from_dict(d)`` validates: an unknown key is an error naming the section, the key, the closest known key and
+    all known keys; a value of the wrong type is an error naming the key; ``CHOICES`` (key -> allowed values) are
+    checked; ``upgrade`` maps old spellings (with a :class:`ConfigDeprecationWarning`); ``IGNORED`` keys are
+    accepted and dropped; ``resolve`` and ``validate`` are the subclass's hooks (fill derived defaults, check
+    ranges). ``to_dict()`` gives every key in field order, ``to_dict(given_only=True)`` only the keys the config
+    named (after ``upgrade``)."""
+
+    SECTION = ""            # the name in messages (a nested section gets its dotted path)
+    CHOICES: dict = {}
+    IGNORED: tuple = ()
+
+    @classmethod
+    def field_types(cls) -> dict:
+        hints = typing.get_type_hints(cls)
+        return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+
+    @classmethod
+    def upgrade(cls, d: dict, section: str) -> dict:
+        """Hook: map deprecated keys of ``d`` (a copy) to their new names."""
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict | None, *, section: str | None = None):
+        section = section or cls.SECTION
+        if d is None:
+            d = {}
+        if not isinstance(d, dict):
+            raise TrainError(f"config {section}: expected a mapping, got {type(d).__name__} {d!r}"[:300])
+        d = cls.upgrade(dict(d), section)
+        for k in cls.IGNORED:
+            d.pop(k, None)
+        types_ = cls.field_types()
+        unknown = [k for k in d if k not in types_]
+        if unknown:
+            raise unknown_keys_error(unknown, types_, section)
+        values = {k: check_value(v, types_[k], f"{section}.{k}") for k, v in d.items()}
+        obj = cls(**values)
+        obj.__dict__["_given"] = tuple(values)
+        for key, allowed in cls.CHOICES.items():
+            v = getattr(obj, key)
+            if v is not UNSET and v not in allowed:
+                raise TrainError(f"config {section}.{key} must be one of {', '.join(map(str, allowed))}, got {v!r}")
+        obj.resolve()
+        unset = [f.name for f in dataclasses.fields(obj) if getattr(obj, f.name) is UNSET]
+        if unset:
+            raise TrainError(f"config {section}: internal: {cls.__name__}.resolve left {', '.join(unset)} unset")
+        obj.validate(section)
+        return obj
+
+    def resolve(self) -> None:
+        """Hook: fill defaults that depend on other keys."""
+
+    def validate(self, section: str) -> None:
+        """Hook: checks beyond the types and choices (raise TrainError naming ``section.key``)."""
+
+    def to_dict(self, given_only: bool = False) -> dict:
+        given = self.__dict__.get("_given")
+        out = {}
+        for f in dataclasses.fields(self):
+            if given_only and given is not None and f.name not in given:
+                continue
+            v = getattr(self, f.name)
+            out[f.name] = v.to_dict(given_only) if isinstance(v, ConfigSection) else copy.deepcopy(v)
+        return out
+
+
+class _Unset:
+    def __repr__(self):
+        return "UNSET"
+
+
+UNSET = _Unset()   # default of a key that the section's resolve() fills in (e.g. DiffHDR's recipe keys)
+
+
+def upgrade_kind(d: dict, section: str = "data", allowed: tuple = KINDS) -> dict:
+    """``kind`` (single|alt2|alt3, the kind of LDR sequence) from its old spellings in a data section: ``aug_kind: K``
+    (DiffHDR) and ``exposures: N`` (HDR-V-Diff; -> altN), each with a :class:`ConfigDeprecationWarning`. The key
+    keeps its place in the mapping (RUN/config.yaml keeps its order); two spellings that disagree are an error."""
+    found = [("kind", d["kind"])] if "kind" in d else []
+    if "aug_kind" in d:
+        found.append(("aug_kind", d["aug_kind"]))
+    if "exposures" in d:
+        n = d["exposures"]
+        if isinstance(n, bool) or not isinstance(n, int) or f"alt{n}" not in allowed:
+            ns = " or ".join(k[3:] for k in allowed if k.startswith("alt"))
+            raise TrainError(f"config {section}.exposures (deprecated: use {section}.kind) must be {ns}, got {n!r}")
+        found.append(("exposures", f"alt{n}"))
+    old = [(k, v) for k, v in found if k != "kind"]
+    if not old:
+        return d
+    if len({str(v) for _, v in found}) > 1:
+        raise TrainError(f"config {section}: " + ", ".join(f"{k}: {v}" for k, v in found)
+                         + f" disagree; write only {section}.kind")
+    kind = found[0][1]
+    for k, _ in old:
+        warnings.warn(f"config {section}.{k} is deprecated: write {section}.kind: {kind}", ConfigDeprecationWarning,
+                      stacklevel=3)
+    out = {}
+    for k, v in d.items():
+        if k in ("kind", "aug_kind", "exposures"):
+            out.setdefault("kind", kind)
+        else:
+            out[k] = v
+    return out
+
+
 @dataclass
-class TrainConfig:
+class TrainConfig(ConfigSection):
     """The ``train:`` section of a run config (every key optional)."""
 
+    SECTION = "train"
+    CHOICES = {"mixed_precision": ("auto", "no", "bf16", "fp16")}
+
+    # -- the optimisation: step budget, batch, AdamW with a constant learning rate (optional linear warm-up)
     steps: int = 10_000                 # optimizer steps (DiffHDR §4.1: 10k)
     batch_size: int = 1                 # per process
     grad_accum: int = 1
@@ -111,37 +322,30 @@ class TrainConfig:
     eps: float = 1e-8
     warmup_steps: int = 0
     max_grad_norm: float | None = 1.0   # null/0: no clipping (a task may change the default: DiffHDR has none)
+    # -- precision and memory
     mixed_precision: str = "auto"       # auto (bf16 on GPU, no on CPU) | no | bf16 | fp16
     gradient_checkpointing: bool = False
     offload_activations: bool = False   # keep the tensors saved for backward in CPU memory (the public DiffHDR code's
                                         # --use_gradient_checkpointing_offload): less GPU memory, more PCIe traffic
+    # -- checkpoints, logging, exports (cadence only: not part of what a resume compares)
     checkpoint_every: int = 500
     checkpoints_keep: int = 3
     log_every: int = 1
+    # -- randomness and loading
     seed: int = 0
     num_workers: int = 0
     export_every: int = 0               # 0: export only at the end
 
-    @classmethod
-    def from_dict(cls, d: dict | None) -> "TrainConfig":
-        d = dict(d or {})
-        known = {f for f in cls.__dataclass_fields__}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise TrainError(f"config train: unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
-        if "betas" in d:
-            d["betas"] = tuple(float(b) for b in d["betas"])
-        cfg = cls(**d)
+    def validate(self, section: str) -> None:
+        self.betas = tuple(float(b) for b in self.betas)
         for k in ("steps", "batch_size", "grad_accum", "checkpoint_every", "checkpoints_keep", "log_every"):
-            if int(getattr(cfg, k)) < 1:
-                raise TrainError(f"config train.{k} must be >= 1, got {getattr(cfg, k)!r}")
-        if cfg.mixed_precision not in ("auto", "no", "bf16", "fp16"):
-            raise TrainError(f"config train.mixed_precision must be auto|no|bf16|fp16, got {cfg.mixed_precision!r}")
-        return cfg
+            if int(getattr(self, k)) < 1:
+                raise TrainError(f"config {section}.{k} must be >= 1, got {getattr(self, k)!r}")
 
 
 def load_config(path: str | os.PathLike | None, overrides: list[str] | None = None) -> dict:
-    """Read a YAML run config and apply ``a.b.c=value`` overrides (values parsed as YAML)."""
+    """Read a YAML run config and apply ``--set`` overrides ``a.b.c=value`` (values parsed as YAML; the toolkit's
+    one parser, :func:`hdr.cli.parse_set`)."""
     cfg: dict = {}
     if path is not None:
         p = Path(path)
@@ -153,17 +357,10 @@ def load_config(path: str | os.PathLike | None, overrides: list[str] | None = No
             raise TrainError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
         if not isinstance(cfg, dict):
             raise TrainError(f"{path}: a config must be a YAML mapping, got {type(cfg).__name__}")
-    for ov in overrides or []:
-        if "=" not in ov:
-            raise TrainError(f"override {ov!r}: expected key.path=value")
-        key, val = ov.split("=", 1)
-        node = cfg
-        parts = key.strip().split(".")
-        for part in parts[:-1]:
-            node = node.setdefault(part, {})
-            if not isinstance(node, dict):
-                raise TrainError(f"override {ov!r}: {part} is not a mapping in the config")
-        node[parts[-1]] = yaml.safe_load(val)
+    try:
+        apply_set(cfg, parse_set(overrides))
+    except CliError as e:
+        raise TrainError(str(e)) from None
     return cfg
 
 
@@ -237,25 +434,40 @@ def _config_fingerprint(cfg: dict) -> dict:
     return {k: v for k, v in c.items() if v not in ({}, None)}
 
 
-def prepare_run_dir(run_dir: Path, config: dict, overwrite: bool = False) -> bool:
+def _normalized(old: dict, normalize) -> dict:
+    """A stored config read by today's code (``normalize``: the task's ``resolve_config``, which maps deprecated keys
+    such as ``data.aug_kind`` to ``data.kind``); the stored config as it is if today's code rejects it. Warnings are
+    not shown: the run folder's config.yaml is rewritten in today's spelling on resume."""
+    if normalize is None:
+        return old
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConfigDeprecationWarning)
+            return normalize(copy.deepcopy(old))
+    except TrainError:
+        return old
+
+
+def prepare_run_dir(run_dir: Path, config: dict, overwrite: bool = False, normalize=None) -> bool:
     """Create ``run_dir`` with the resolved config; return True when it already holds a compatible run (resume).
 
     A folder with a different config is a conflict (``--overwrite`` replaces it); a non-empty folder that is not a
-    run folder is never touched.
+    run folder is never touched. ``normalize`` (the task's ``resolve_config``) is applied to the stored config
+    before the comparison, so a run folder written with old key spellings resumes.
     """
     cfg_path = run_dir / CONFIG_NAME
     if run_dir.exists() and any(run_dir.iterdir()):
         if not cfg_path.is_file():
             if overwrite:
                 raise TrainError(f"{run_dir}: not a run folder (no {CONFIG_NAME}); refusing to delete it even with "
-                                 "--overwrite -- choose another --out")
+                                 "--overwrite -- choose another --run")
             raise TrainError(f"{run_dir}: exists, is not empty and is not a run folder (no {CONFIG_NAME})")
-        old = yaml.safe_load(cfg_path.read_text()) or {}
+        old = _normalized(yaml.safe_load(cfg_path.read_text()) or {}, normalize)
         if _config_fingerprint(old) == _config_fingerprint(config) and not overwrite:
             _write_text(cfg_path, yaml.safe_dump(config, sort_keys=False))   # a longer step budget is fine
             return True
         if not overwrite:
-            raise TrainError(f"{run_dir}: holds a run with a different config; use another --out or --overwrite")
+            raise TrainError(f"{run_dir}: holds a run with a different config; use another --run or --overwrite")
         shutil.rmtree(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     _write_text(cfg_path, yaml.safe_dump(config, sort_keys=False))
@@ -313,19 +525,28 @@ def list_checkpoints(run_dir: Path) -> list[Path]:
 # ------------------------------------------------------------------------------------------------------------ loop
 
 def resolve_device(device: str) -> str:
-    if device not in ("auto", "cpu", "cuda"):
-        raise TrainError(f"--device must be auto, cpu or cuda, got {device!r}")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise TrainError("--device cuda: torch sees no CUDA device")
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return device
+    """:func:`hdr.cli.resolve_device` (auto|cpu|cuda|cuda:N|mps) with its one-line error as a TrainError."""
+    try:
+        return _resolve_device(device)
+    except CliError as e:
+        raise TrainError(str(e)) from None
 
 
 def _mixed_precision(setting: str, device: str) -> str:
     if setting == "auto":
-        return "bf16" if device == "cuda" else "no"
+        return "bf16" if device.startswith("cuda") else "no"
     return setting
+
+
+def _select_gpu(device: str) -> None:
+    """``cuda:N`` in a single process: make GPU N the current one (accelerate then places everything on it); under
+    ``accelerate launch`` each process has its own GPU, so an index is an error there."""
+    if not device.startswith("cuda:"):
+        return
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise TrainError(f"--device {device}: under accelerate launch every process gets its own GPU; use --device "
+                         "cuda or auto")
+    torch.cuda.set_device(int(device[5:]))
 
 
 def _weight_dtype(mixed: str) -> torch.dtype:
@@ -373,21 +594,23 @@ def train(task, config: dict, run_dir: str | os.PathLike, *, device: str = "auto
     from diffusers.optimization import get_scheduler
     from safetensors.torch import load_file, save_file
 
-    if hasattr(task, "resolve_config"):         # record every choice, including the task's defaults
-        config = task.resolve_config(config)
+    normalize = getattr(task, "resolve_config", None)
+    if normalize is not None:                   # record every choice, including the task's defaults
+        config = normalize(config)
     tcfg = TrainConfig.from_dict(config.get("train"))
     run_dir = Path(run_dir)
     dev = resolve_device(device)
     mixed = _mixed_precision(tcfg.mixed_precision, dev)
     if dev == "cpu" and mixed != "no":
         raise TrainError(f"train.mixed_precision={mixed} needs a GPU; use 'auto' or 'no' on the CPU")
+    _select_gpu(dev)
 
     accelerator = Accelerator(cpu=dev == "cpu", mixed_precision=mixed, gradient_accumulation_steps=tcfg.grad_accum,
                               project_config=ProjectConfiguration(project_dir=str(run_dir)))
     main = accelerator.is_main_process
     resuming = False
     if main:
-        resuming = prepare_run_dir(run_dir, config, overwrite=overwrite)
+        resuming = prepare_run_dir(run_dir, config, overwrite=overwrite, normalize=normalize)
         if manifest is not None:
             manifest.record(run_dir)
     accelerator.wait_for_everyone()

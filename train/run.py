@@ -1,20 +1,22 @@
-"""``python -m train.run --manifest M --model diffhdr|hdrvdiff [--stage S] --config C.yaml --out RUN``
+"""``python -m train.run --manifest M --model diffhdr|hdrvdiff [--stage S] --config C.yaml --run RUN``
 
 Trains a registered model (``train.MODELS``) on the train split of a manifest with the shared engine
 (``train/engine.py``). Rerunning the same command continues from the newest checkpoint in RUN. Multi-GPU:
-``accelerate launch --config_file train/configs/accelerate_fsdp.yaml -m train.run ...``.
+``accelerate launch --config_file train/configs/accelerate_fsdp.yaml -m train.run ...``. Old spellings kept as
+aliases: ``--out`` (``--run``), ``--no-progress`` (``--quiet``).
 """
 from __future__ import annotations
 
 import argparse
 import sys
 
+from hdr.cli import CliError, add_device, add_quiet, add_set, prog, resolve_device
 from train import MODELS, model_package
-from train.engine import TrainError, load_config, train
+from train.engine import TrainError, load_config, one_line_config_warnings, train
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m train.run", description=__doc__,
+    p = argparse.ArgumentParser(prog=prog("train.run"), description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--manifest", required=True, help="manifest version file (ROOT/manifests/vNNNN.parquet) or URL")
     p.add_argument("--model", required=True, choices=sorted(MODELS), help="which trainer")
@@ -22,22 +24,29 @@ def build_parser() -> argparse.ArgumentParser:
                    help="training stage of a staged model (hdrvdiff: ldm, tcam, recon); without it a staged model "
                    "trains every stage in order, each into RUN/<stage>")
     p.add_argument("--config", required=True, help="run config YAML (see train/configs/)")
-    p.add_argument("--out", required=True, help="run folder (created; an existing run with the same config resumes)")
+    p.add_argument("--run", "--out", dest="run", required=True,
+                   help="run folder (created; an existing run with the same config resumes; --out: old spelling)")
     p.add_argument("--cache-latents", action="store_true",
                    help="cache target latents on disk (DiffHDR: HDR latents per clip/window/exposure shift/VAE)")
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="default: cuda if available")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config value, e.g. --set train.steps=100 (repeatable)")
+    add_device(p)
+    add_set(p, fields="train.*, data.*, model.*, flow.* of the config, e.g. --set train.steps=100 --set "
+            "data.kind=alt2")
     p.add_argument("--overwrite", action="store_true", help="replace a run folder that holds a different config")
     p.add_argument("--stop-after", type=int, default=None,
                    help="end this process after N optimizer steps in total (checkpointed; rerun to continue)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_quiet(p)
     return p
 
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    with one_line_config_warnings():
+        return _main(args)
+
+
+def _main(args) -> int:
     try:
+        device = resolve_device(args.device)
         config = load_config(args.config, args.overrides)
         config["model_name"] = args.model
         config["stage"] = args.stage
@@ -45,7 +54,7 @@ def main(argv=None) -> int:
         if args.cache_latents:
             config.setdefault("data", {})["cache_latents"] = True
         try:
-            from manifests import open_manifest
+            from hdr.dataset import open_manifest
         except ImportError as e:
             raise TrainError(f"the manifests package is not available ({e})") from None
         try:
@@ -57,15 +66,15 @@ def main(argv=None) -> int:
         except (KeyError, ModuleNotFoundError) as e:
             raise TrainError(str(e).strip("'\"")) from None
         if args.stage is None and hasattr(pkg, "train_all_stages"):  # a staged model without --stage: every stage
-            res = pkg.train_all_stages(config, m, args.out, device=args.device, overwrite=args.overwrite,
-                                       stop_after=args.stop_after, progress=not args.no_progress)
+            res = pkg.train_all_stages(config, m, args.run, device=device, overwrite=args.overwrite,
+                                       stop_after=args.stop_after, progress=not args.quiet)
         else:
             if not hasattr(pkg, "make_task"):
                 raise TrainError(f"model {args.model!r}: {pkg.__name__} has no make_task(config, manifest)")
             task = pkg.make_task(config, m)
-            res = train(task, config, args.out, device=args.device, manifest=m, overwrite=args.overwrite,
-                        stop_after=args.stop_after, progress=not args.no_progress)
-    except TrainError as e:
+            res = train(task, config, args.run, device=device, manifest=m, overwrite=args.overwrite,
+                        stop_after=args.stop_after, progress=not args.quiet)
+    except (TrainError, CliError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

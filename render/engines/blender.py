@@ -2,11 +2,11 @@
 texture, no geometry, scene-linear Rec.709 output with no view transform.
 
 Each clip renders as ONE animation job (lens and rotation keyed on every frame, linear keys, persistent data, world
-importance map off): 10-20x cheaper than one ``render.render`` call per frame (DESIGN.md). After keying, Blender's
-evaluated camera of every frame is checked against ``camera.euler_matrix`` and the plan's focal length, so Cycles
-renders exactly the camera the direct engine and clip.json describe. Frames are written by
-Blender as uncompressed float32 EXR into the job's scratch directory in chunks, read back and handed to the shared
-writer, so both engines publish through the same code.
+importance map off): 10-20x cheaper than one ``render.render`` call per frame (measured when the engine was
+built). After keying, Blender's evaluated camera of every frame is checked against ``camera.euler_matrix`` and
+the plan's focal length, so Cycles renders exactly the camera the direct engine and clip.json describe. Frames are
+written by Blender as uncompressed float32 EXR into the job's scratch directory in chunks, read back and handed to
+the shared writer, so both engines publish through the same code.
 """
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """The direct engine: what Cycles renders for a camera at the origin looking at an environment map, computed as an
 equirectangular-to-perspective resampling, in numpy or torch (CPU or GPU).
 
-It reproduces, from DESIGN.md and measured against Cycles in the tests:
+It reproduces, as Cycles does it and measured against Cycles in the tests:
 - the camera model of :mod:`render.camera` (36 mm sensor, AUTO fit, Blender XYZ Euler);
 - Cycles' environment lookup u = 0.5 - atan2(y, x) / 2pi, v = 1 - acos(z) / pi with bilinear interpolation that
   wraps in longitude and across the poles (row -1 is row 0 half a turn away);

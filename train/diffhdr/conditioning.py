@@ -6,7 +6,7 @@
   is linearised (``hdr.color.srgb_eotf``), Log-Gamma mapped, put in [-1, 1]; with the binary exposure mask m
   (over | under): 16 latent channels of ``v * (1 - m)`` ("inactive"), 16 of ``v * m`` ("reactive"), and 64 channels
   of m unshuffled 8x8 (space) and resampled nearest-exact to the latent frames.
-* Flow matching in diffusers' convention (DESIGN.md): sigma is the noise level, x_sigma = (1 - sigma) x_data +
+* Flow matching in diffusers' convention: sigma is the noise level, x_sigma = (1 - sigma) x_data +
   sigma noise, the model predicts noise - x_data; DiffHDR eq. 4-5 is the same with t = 1 - sigma, x1 = x_data,
   x0 = noise (u = x1 - x0 = -(noise - x_data): the sign is the convention, the minimiser the same). The timestep fed
   to the transformer is 1000 sigma, as ``FlowMatchEulerDiscreteScheduler`` does.

@@ -1,22 +1,23 @@
 """DiffHDR inference: LDR video (MP4 or a folder of PNG/JPEG frames) of any length -> HDR EXR frames.
 
-    python -m train.infer --lora RUN/lora.safetensors --video in.mp4 --out pred/ [--alpha-over 1 --alpha-under 1]
+    python -m train.infer --run RUN --input in.mp4 --out pred/ [--alpha-over 1 --alpha-under 1]
 
-The backbone is rebuilt from the run's ``config.yaml`` (beside the LoRA file, or ``--config``), wrapped in diffusers'
-``WanVACEPipeline``, and the LoRA is loaded with ``load_lora_weights``. Every window of LDR frames gets the same
-treatment as a training window, by the same functions (``task.window_masks``: the recipe's exposure masks with the EMA
-of eq. 6 starting at the window's first frame, as in training and in the public long-video inference;
+``--run RUN`` takes RUN/lora.safetensors (``--lora FILE``: a LoRA file given directly; ``--video`` is the old spelling
+of ``--input``). The backbone is rebuilt from the run's ``config.yaml`` (beside the LoRA file, or ``--config``), wrapped
+in diffusers' ``WanVACEPipeline``, and the LoRA is loaded with ``load_lora_weights``. Every window of LDR frames gets
+the same treatment as a training window, by the same functions (``task.window_masks``: the recipe's exposure masks with
+the EMA of eq. 6 starting at the window's first frame, as in training and in the public long-video inference;
 ``task.control_video``: gray painting, linearise, Log-Gamma, the soft VACE mask) and goes in as the VACE context and
 mask; the pipeline's ``prepare_video_latents`` + ``prepare_masks`` then build what the trainer's
-``conditioning.control_latents`` builds (tested). The video is converted in windows of the model's frame
-count (``--window``, 4k+1, default the run's ``data.window``) that overlap by ``--overlap`` frames, the last window
-aligned to the last frame (``train.windows``); a video shorter than a window is padded with its last frame and the
-padding dropped. Per window the pipeline denoises (flow matching, Euler) and the fp32 VAE decodes; overlapping
-frames are cross-faded linearly in the model's Log-Gamma output space (``--blend-space``), Log-Gamma is inverted
-(``hdr.color.log_gamma_inverse``) and every frame is written once as float32 EXR (``hdr.io.write_exr``, atomically)
-as soon as no later window touches it. ``infer.json`` records the settings and the window plan; rerunning the same
-command after an interruption resumes at the first missing frame (bit-identical to an uninterrupted run: window seeds
-depend only on the window's first input frame).
+``conditioning.control_latents`` builds (tested). The video is converted in windows of the model's frame count
+(``--window``, 4k+1, default the run's ``data.window``) that overlap by ``--overlap`` frames, the last window aligned to
+the last frame (``train.windows``); a video shorter than a window is padded with its last frame and the padding dropped.
+Per window the pipeline denoises (flow matching, Euler) and the fp32 VAE decodes; overlapping frames are cross-faded
+linearly in the model's Log-Gamma output space (``--blend-space``), Log-Gamma is inverted
+(``hdr.color.log_gamma_inverse``) and every frame is written once as float32 EXR (``hdr.io.write_exr``, atomically) as
+soon as no later window touches it. ``infer.json`` records the settings and the window plan; rerunning the same command
+after an interruption resumes at the first missing frame (bit-identical to an uninterrupted run: window seeds depend
+only on the window's first input frame).
 Context-focused cross-attention (DiffHDR eq. 7-8) is on when ``--alpha-over``/``--alpha-under`` are not 0.
 """
 from __future__ import annotations
@@ -32,6 +33,7 @@ import numpy as np
 import torch
 import yaml
 
+from hdr.cli import CliError, resolve_device
 from hdr.color import log_gamma_inverse
 from hdr.io import LdrImageError, read_ldr
 from hdr.seeding import derive_seed
@@ -39,7 +41,9 @@ from hdr.storage import atomic_path, atomic_write_json, sha256_file
 from train.diffhdr import conditioning as C
 from train.diffhdr.cfa import OVER_PROMPT, UNDER_PROMPT, CFAState, install_cfa, token_mask
 from train.diffhdr.model import ModelError, load_backbone
-from train.diffhdr.task import RECIPES, control_video, mask_mode_of, resolve_data_config, window_masks
+from train.diffhdr.task import (LORA_FILE, RECIPES, DiffHDRModel, control_video, mask_mode_of, resolve_data_config,
+                                 window_masks)
+from train.engine import TrainError
 from train.windows import WindowBlender, WindowPlanError, pad_frames, plan_windows, resume_window
 
 IMAGE_EXT = (".png", ".jpg", ".jpeg")
@@ -56,13 +60,21 @@ class InferError(RuntimeError):
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--lora", required=True, help="LoRA safetensors written by train.run (RUN/lora.safetensors)")
-    p.add_argument("--video", required=True, help="input LDR video: an .mp4 file or a folder of PNG/JPEG frames")
-    p.add_argument("--out", required=True, help="output folder for frame_0000.exr ...")
+    from train.infer import add_common_arguments
+
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--lora", help=f"a LoRA safetensors file written by train.run (RUN/{LORA_FILE}), instead "
+                        "of --run")
+    add_common_arguments(
+        p, steps_default=50, run_group=source, input_aliases=("--video",),
+        run=f"trained run folder (written by train.run): its {LORA_FILE} and config.yaml",
+        input="input LDR video: an .mp4 file or a folder of PNG/JPEG frames (--video: old spelling)",
+        out="output folder for frame_0000.exr ...", steps="denoising steps (public code: 50)",
+        frames="convert only this many frames from --start (any number; default: to the end)",
+        half="write half-float EXR (clamped at 65504, recorded)",
+        overwrite="replace existing frames in --out (frames of an earlier, longer conversion are removed)")
     p.add_argument("--config", default=None, help="run config (default: config.yaml beside the LoRA)")
     p.add_argument("--start", type=int, default=0, help="first input frame to convert (output frame_0000)")
-    p.add_argument("--frames", type=int, default=None,
-                   help="convert only this many frames from --start (any number; default: to the end)")
     p.add_argument("--window", type=int, default=None,
                    help="frames per model call, 4k+1 (default: the run's data.window, 33 in the paper)")
     p.add_argument("--overlap", type=int, default=None,
@@ -71,8 +83,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--blend-space", default="log-gamma", choices=BLEND_SPACES,
                    help="where overlapping windows are cross-faded: the model's Log-Gamma output (default) or linear "
                         "radiance")
-    p.add_argument("--steps", type=int, default=50, help="denoising steps (public code: 50)")
-    p.add_argument("--seed", type=int, default=0)
     p.add_argument("--guidance", type=float, default=1.0, help="classifier-free guidance scale (public code: 1.0)")
     p.add_argument("--shift", type=float, default=None, help="scheduler shift (default: the run's flow.shift)")
     p.add_argument("--prompt", default="", help="base prompt c (eq. 7); the public code uses the empty prompt")
@@ -92,11 +102,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "was trained with): linear radiance clipped to [0, 1], or Log-Gamma")
     p.add_argument("--recipe", default=None, choices=sorted(RECIPES),
                    help="mask/gray treatment of the LDR (default: the run's data.recipe)")
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    p.add_argument("--half", action="store_true", help="write half-float EXR (clamped at 65504, recorded)")
-    p.add_argument("--overwrite", action="store_true",
-                   help="replace existing frames in --out (frames of an earlier, longer conversion are removed)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
 def read_video(path: str | os.PathLike) -> np.ndarray:
@@ -132,12 +137,28 @@ def read_video(path: str | os.PathLike) -> np.ndarray:
 
 
 def _resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise InferError("--device cuda: torch sees no CUDA device")
-    return torch.device(name)
+    """The shared resolver (``hdr.cli.resolve_device``: auto|cpu|cuda|cuda:N|mps) as a torch device."""
+    try:
+        return torch.device(resolve_device(name))
+    except CliError as e:
+        raise InferError(str(e)) from None
 
+
+def lora_path(args) -> Path:
+    """The LoRA file: RUN/lora.safetensors for ``--run RUN``, else ``--lora FILE``."""
+    if getattr(args, "run", None):
+        run = Path(args.run)
+        if not run.is_dir():
+            raise InferError(f"{run}: run folder not found")
+        lora = run / LORA_FILE
+        if not lora.is_file():
+            raise InferError(f"{lora}: no LoRA in this run folder (is the run finished? rerun train.run to complete "
+                             "it)")
+        return lora
+    lora = Path(args.lora)
+    if not lora.is_file():
+        raise InferError(f"{lora}: LoRA file not found")
+    return lora
 
 
 def select_range(n_video: int, start: int, frames: int | None, video: str) -> tuple[int, int]:
@@ -248,9 +269,8 @@ def main(args) -> int:
 
     from hdr.io import write_exr
 
-    lora = Path(args.lora)
-    if not lora.is_file():
-        raise InferError(f"{lora}: LoRA file not found")
+    device = _resolve_device(args.device)
+    lora = lora_path(args)
     cfg_path = Path(args.config) if args.config else lora.parent / "config.yaml"
     if not cfg_path.is_file():
         raise InferError(f"{cfg_path}: run config not found (pass --config)")
@@ -263,19 +283,18 @@ def main(args) -> int:
     out = Path(args.out)
     window, overlap = window_settings(args.window, args.overlap, int(dcfg["window"]))
 
-    frames8 = read_video(args.video)
-    start, n = select_range(len(frames8), args.start, args.frames, args.video)
+    frames8 = read_video(args.input)
+    start, n = select_range(len(frames8), args.start, args.frames, args.input)
     frames8 = frames8[start:start + n]
     h, w = frames8.shape[1] // 16 * 16, frames8.shape[2] // 16 * 16
     if h == 0 or w == 0:
-        raise InferError(f"{args.video}: frames of {frames8.shape[2]}x{frames8.shape[1]} are smaller than 16x16")
+        raise InferError(f"{args.input}: frames of {frames8.shape[2]}x{frames8.shape[1]} are smaller than 16x16")
     top, left = (frames8.shape[1] - h) // 2, (frames8.shape[2] - w) // 2
     frames8 = np.ascontiguousarray(frames8[:, top:top + h, left:left + w])
     try:
         starts = plan_windows(n, window, overlap)
     except WindowPlanError as e:
         raise InferError(str(e)) from None
-    device = _resolve_device(args.device)
     shift = args.shift if args.shift is not None else float((cfg.get("flow") or {}).get("shift", 5.0))
     mode = mask_mode_of(dcfg)
     if args.reference and not Path(args.reference).is_file():
@@ -284,7 +303,7 @@ def main(args) -> int:
     # everything the frames depend on: a rerun with the same settings resumes or finds the work done
     settings = json.loads(json.dumps({
         "lora": str(lora), "lora_sha256": sha256_file(lora), "config": str(cfg_path),
-        "config_sha256": sha256_file(cfg_path), "video": str(args.video),
+        "config_sha256": sha256_file(cfg_path), "video": str(args.input),
         "input_sha256": hashlib.sha256(memoryview(frames8).cast("B")).hexdigest(), "start": start, "frames": n,
         "size": [w, h], "crop": [left, top], "window": window, "overlap": overlap, "blend_space": args.blend_space,
         "steps": args.steps, "seed": args.seed, "guidance": args.guidance, "shift": shift, "prompt": args.prompt,
@@ -316,12 +335,13 @@ def main(args) -> int:
 
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     try:
-        transformer, vae, text_encoder, tokenizer = load_backbone(cfg.get("model") or {}, device, dtype)
-    except ModelError as e:
+        transformer, vae, text_encoder, tokenizer = load_backbone(DiffHDRModel.from_dict(cfg.get("model"))
+                                                                  .backbone_config(), device, dtype)
+    except (ModelError, TrainError) as e:
         raise InferError(str(e)) from None
     pipe = WanVACEPipeline(tokenizer=tokenizer, text_encoder=text_encoder, transformer=transformer, vae=vae,
                            scheduler=FlowMatchEulerDiscreteScheduler(shift=shift))
-    pipe.set_progress_bar_config(desc="denoise", leave=False, disable=args.no_progress)
+    pipe.set_progress_bar_config(desc="denoise", leave=False, disable=args.quiet)
     try:
         pipe.load_lora_weights(str(lora.parent), weight_name=lora.name)
     except Exception as e:  # noqa: BLE001 -- name the file
@@ -382,7 +402,7 @@ def main(args) -> int:
     t0 = time.time()
     records = convert_windows(pipe, frames8, None, None, dcfg, window=window, starts=starts, seed=args.seed,
                               call=call, emit=emit, blend_space=args.blend_space, cfa=cfa, device=device,
-                              progress=not args.no_progress, offset=start, done=done)
+                              progress=not args.quiet, offset=start, done=done)
     if done + len(written) != n:
         raise InferError(f"internal: {done} + {len(written)} frames written, expected {n}")
     meta.update(status="complete", seconds=round(time.time() - t0, 2), resumed_from=done or None,

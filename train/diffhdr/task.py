@@ -2,7 +2,7 @@
 
 One step (DiffHDR §3.3, §4.1; recipe options in :data:`RECIPES`):
 
-1. a window of the manifest's train split (``manifests.dataset.ClipWindowDataset``: HDR target, LDR made on the
+1. a window of the manifest's train split (``hdr.dataset.loader.ClipWindowDataset``: HDR target, LDR made on the
    fly by the augment library with the configured preset or read from the stored augmentation, exposure masks,
    captions);
 2. target = HDR times 2^Delta (``target_exposure: shifted``, both recipes: the public code's ``use_exposured_gt``;
@@ -33,17 +33,19 @@ import hashlib
 import json
 import os
 from collections import OrderedDict
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 
-from augment.masks import EMA_ALPHA
 from hdr.color import LOG_GAMMA_G, LOG_GAMMA_M
+from hdr.dataset.records import KINDS
+from hdr.degrade.masks import EMA_ALPHA
 from hdr.storage import atomic_path, atomic_write_text
 from train.diffhdr import conditioning as C
-from train.diffhdr.model import ModelError, add_lora, load_backbone, lora_state_dict, module_hash
-from train.engine import TrainConfig, TrainError
+from train.diffhdr.model import (BLOCK_PREFIXES, LORA_TARGETS, ModelError, add_lora, load_backbone, lora_state_dict,
+                                  module_hash)
+from train.engine import UNSET, ConfigSection, TrainConfig, TrainError, upgrade_kind
 
 LORA_FILE = "lora.safetensors"
 
@@ -62,42 +64,172 @@ RECIPES = {
 # the loss weighting each recipe selects unless flow.weighting is given (diffsynth/schedulers/flow_match.py
 # training_weight, used by WanVideoPipeline.training_loss)
 RECIPE_FLOW = {"paper": {"weighting": "none"}, "diffhdr-code": {"weighting": "bell"}}
-FLOW_DEFAULTS = dict(sampling="grid", shift=5.0, num_train_timesteps=1000, sigma_min=0.0)
 # neither the paper nor the public code (DiffSynth's launch_training_task) clips gradients
 TRAIN_DEFAULTS = dict(max_grad_norm=None)
-# max_sequence_length 512: Wan 2.1's text length (DiffSynth's WanPrompter text_len, WanVACEPipeline.__call__)
-DATA_DEFAULTS = dict(recipe="paper", split="train", window=33, ldr="augment", aug_kind="single", seed=0,
-                     cache_latents=False, cache_dir=None, max_sequence_length=512, text_cache_size=256,
-                     log_gamma_m=LOG_GAMMA_M, log_gamma_g=LOG_GAMMA_G, caption_dropout=0.0)
 PROMPT_MODES = ("caption", "empty", "code-mix")
-CHOICES = {"target_exposure": ("original", "shifted"), "mask_mode": ("dataset", "paper", "diffhdr-code"),
-           "mask_values": ("soft", "binary"), "region_prompts": ("structured", "code"),
-           "reference_mapping": ("linear", "log_gamma"), "prompt_mode": PROMPT_MODES}
+RECIPE_KEYS = tuple(RECIPES["paper"])
+assert all(tuple(r) == RECIPE_KEYS for r in RECIPES.values()), "every recipe names the same keys, in one order"
+
+
+@dataclass
+class DiffHDRData(ConfigSection):
+    """The ``data:`` section of a DiffHDR run config. Every key is optional; the keys of the recipe group default to
+    the named recipe's value (:data:`RECIPES`), a key the config names wins. ``to_dict()`` is what RUN/config.yaml
+    records (every key, in this order). Old spellings: ``aug_kind`` and ``exposures: N`` (-> ``kind: altN``)."""
+
+    SECTION = "data"
+    CHOICES = {"recipe": tuple(RECIPES), "kind": KINDS, "ldr": ("augment", "stored"),
+               "target_exposure": ("original", "shifted"), "mask_mode": ("dataset", "paper", "diffhdr-code"),
+               "mask_values": ("soft", "binary"), "region_prompts": ("structured", "code"),
+               "reference_mapping": ("linear", "log_gamma"), "prompt_mode": PROMPT_MODES}
+
+    # -- the training windows: recipe, manifest split, 4k+1 frames, where the LDR comes from (augment: made on the fly
+    #    with the recipe's preset; stored: the stored augmentation), its kind, the loader's seed
+    recipe: str = "paper"
+    split: str = "train"
+    window: int = 33
+    ldr: str = "augment"
+    kind: str = "single"
+    seed: int = 0
+    # -- caches (speed only: not part of what a resume compares) and the text length; max_sequence_length 512: Wan
+    #    2.1's text length (DiffSynth's WanPrompter text_len, WanVACEPipeline.__call__)
+    cache_latents: bool = False
+    cache_dir: str | None = None
+    max_sequence_length: int = 512
+    text_cache_size: int = 256
+    # -- Log-Gamma constants (DiffHDR eq. 3) and the probability of dropping the prompt
+    log_gamma_m: float = LOG_GAMMA_M
+    log_gamma_g: float = LOG_GAMMA_G
+    caption_dropout: float = 0.0
+    # -- the recipe group (defaults: RECIPES[recipe]): augment preset, target exposure, prompts, gray painting of the
+    #    control, exposure masks (mode, soft/binary, EMA weight of eq. 6), the VACE reference frame
+    preset: str = UNSET
+    target_exposure: str = UNSET
+    prompt_mode: str = UNSET
+    region_prompts: str = UNSET
+    gray_under: bool = UNSET
+    gray_over_prob: float = UNSET
+    gray_level: float = UNSET
+    mask_mode: str = UNSET
+    mask_values: str = UNSET
+    mask_ema_alpha: float = UNSET
+    reference_prob: float = UNSET
+    reference_mapping: str = UNSET
+
+    @classmethod
+    def upgrade(cls, d: dict, section: str) -> dict:
+        return upgrade_kind(d, section)
+
+    def resolve(self) -> None:
+        for key, value in RECIPES[self.recipe].items():
+            if getattr(self, key) is UNSET:
+                setattr(self, key, copy.deepcopy(value))
+
+    def validate(self, section: str) -> None:
+        alpha = float(self.mask_ema_alpha)
+        if not 0.0 < alpha <= 1.0:
+            raise TrainError(f"config {section}.mask_ema_alpha must be in (0, 1] (1: no temporal smoothing), "
+                             f"got {alpha}")
+        if self.mask_mode == "dataset" and alpha != EMA_ALPHA:
+            raise TrainError(f"config {section}.mask_ema_alpha {alpha}: the loader's masks (mask_mode: dataset) are "
+                             f"made with {EMA_ALPHA}; set {section}.mask_mode to paper or diffhdr-code to recompute "
+                             "them")
+        if int(self.window) % 4 != 1:
+            raise TrainError(f"config {section}.window must be 4k+1 frames (the Wan VAE's temporal stride), got "
+                             f"{self.window}")
+
+
+assert set(RECIPE_KEYS) == {k for k, v in DiffHDRData.__dataclass_fields__.items() if v.default is UNSET}
+
+
+@dataclass
+class DiffHDRFlow(ConfigSection):
+    """The ``flow:`` section: rectified-flow timestep sampling and loss weighting (``train.diffhdr.conditioning``).
+    RUN/config.yaml records the four defaults, the recipe's weighting and every key the config names."""
+
+    SECTION = "flow"
+    CHOICES = {"sampling": ("grid", "uniform", "logit_normal")}
+    WEIGHTINGS = ("none", "bell")
+    RECORDED = ("sampling", "shift", "num_train_timesteps", "sigma_min")  # always written, in this order
+
+    sampling: str = "grid"              # grid: Wan/DiffSynth's uniform index into the shifted grid (the public code)
+    shift: float = 5.0
+    num_train_timesteps: int = 1000
+    sigma_min: float = 0.0
+    logit_mean: float = 0.0             # logit_normal only
+    logit_std: float = 1.0
+    weighting: str | None = None        # none | bell; null: the recipe's (RECIPE_FLOW)
+
+    def validate(self, section: str) -> None:
+        if self.weighting is not None and self.weighting not in self.WEIGHTINGS:
+            raise TrainError(f"config {section}.weighting must be one of {', '.join(self.WEIGHTINGS)}, got "
+                             f"{self.weighting!r}")
+
+
+@dataclass
+class DiffHDRLora(ConfigSection):
+    """``model.lora``: the peft LoRA on the attention projections and feed-forward of the chosen blocks
+    (``train.diffhdr.model.add_lora``)."""
+
+    SECTION = "model.lora"
+    CHOICES = {"blocks": tuple(BLOCK_PREFIXES)}
+
+    rank: int = 32
+    alpha: float | None = None          # null: = rank
+    blocks: str = "vace"                # the public code's choice (--lora_base_model vace); main | both
+    targets: list = field(default_factory=lambda: list(LORA_TARGETS))
+    dropout: float = 0.0
+
+
+@dataclass
+class DiffHDRModel(ConfigSection):
+    """The ``model:`` section of a DiffHDR run config (``train.diffhdr.model``). RUN/config.yaml and lora.json record
+    the keys the config names (the section is not filled in)."""
+
+    SECTION = "model"
+
+    # -- the Wan VACE backbone: a diffusers-format folder or hub id (no download with local_files_only)
+    pretrained: str | None = None
+    local_files_only: bool = False
+    revision: str | None = None
+    # -- or random tiny versions of the same classes (tests): overrides of model.TINY_TRANSFORMER/TINY_VAE/TINY_TEXT
+    tiny: bool = False
+    init_seed: int = 0
+    tiny_transformer: dict = field(default_factory=dict)
+    tiny_vae: dict = field(default_factory=dict)
+    tiny_text: dict = field(default_factory=dict)
+    # -- the trained LoRA
+    lora: DiffHDRLora | None = None
+
+    def resolve(self) -> None:
+        if self.lora is None:
+            self.lora = DiffHDRLora.from_dict({})
+
+    def backbone_config(self) -> dict:
+        """Every key with its value or default, as ``load_backbone`` and ``add_lora`` read them."""
+        out = self.to_dict()
+        out["lora"]["alpha"] = self.lora.rank if self.lora.alpha is None else self.lora.alpha
+        return out
 
 
 def resolve_data_config(dcfg: dict | None) -> dict:
-    d = dict(dcfg or {})
-    recipe = d.get("recipe", DATA_DEFAULTS["recipe"])
-    if recipe not in RECIPES:
-        raise TrainError(f"data.recipe must be one of {', '.join(RECIPES)}, got {recipe!r}")
-    out = {**DATA_DEFAULTS, **RECIPES[recipe], **d}
-    for key, allowed in CHOICES.items():
-        if out[key] not in allowed:
-            raise TrainError(f"data.{key} must be one of {', '.join(allowed)}, got {out[key]!r}")
-    alpha = float(out["mask_ema_alpha"])
-    if not 0.0 < alpha <= 1.0:
-        raise TrainError(f"data.mask_ema_alpha must be in (0, 1] (1: no temporal smoothing), got {alpha}")
-    if out["mask_mode"] == "dataset" and alpha != EMA_ALPHA:
-        raise TrainError(f"data.mask_ema_alpha {alpha}: the loader's masks (mask_mode: dataset) are made with "
-                         f"{EMA_ALPHA}; set data.mask_mode to paper or diffhdr-code to recompute them")
-    if int(out["window"]) % 4 != 1:
-        raise TrainError(f"data.window must be 4k+1 frames (the Wan VAE's temporal stride), got {out['window']}")
-    return out
+    """The ``data:`` section validated, with the recipe's keys and the defaults filled in (:class:`DiffHDRData`)."""
+    return DiffHDRData.from_dict(dcfg).to_dict()
 
 
-def resolve_flow_config(fcfg: dict | None, recipe: str = DATA_DEFAULTS["recipe"]) -> dict:
-    """The ``flow:`` section with its defaults and the recipe's loss weighting filled in."""
-    return {**FLOW_DEFAULTS, **RECIPE_FLOW[recipe], **dict(fcfg or {})}
+def resolve_model_config(mcfg: dict | None) -> dict:
+    """The ``model:`` section validated, as written (:class:`DiffHDRModel`; the LoRA's ``alpha: null`` is ``rank``)."""
+    return DiffHDRModel.from_dict(mcfg).to_dict(given_only=True)
+
+
+def resolve_flow_config(fcfg: dict | None, recipe: str = DiffHDRData.recipe) -> dict:
+    """The ``flow:`` section validated (:class:`DiffHDRFlow`), with its defaults and the recipe's loss weighting
+    filled in."""
+    flow = DiffHDRFlow.from_dict(fcfg)
+    given = flow.to_dict(given_only=True)
+    if given.get("weighting") is None:
+        given.pop("weighting", None)
+    return {**{k: getattr(flow, k) for k in DiffHDRFlow.RECORDED}, **RECIPE_FLOW[recipe], **given}
 
 
 def exposure_stops(params) -> float:
@@ -213,9 +345,9 @@ def control_video(item: dict, d: dict, gray_over: bool, text_to_hdr: bool, devic
 
 def recompute_masks(ldr: torch.Tensor, mode: str, alpha: float = EMA_ALPHA) -> dict:
     """Exposure masks of an 8-bit sRGB window (T, 3, H, W) in [0, 1] by the augment library's named mode
-    (``augment.masks.exposure_masks``) with EMA weight ``alpha`` (eq. 6; the EMA starts at the window's first
+    (``hdr.degrade.masks.exposure_masks``) with EMA weight ``alpha`` (eq. 6; the EMA starts at the window's first
     frame), as {"over", "under"} (T, 1, H, W)."""
-    from augment.masks import exposure_masks
+    from hdr.degrade.masks import exposure_masks
 
     u8 = (ldr.detach().float().cpu() * 255.0).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
     over, under = exposure_masks(u8, mode=mode, alpha=float(alpha))
@@ -227,7 +359,7 @@ def mask_mode_of(d: dict) -> str:
     """The augment mask mode a resolved data config computes masks with (``dataset``: its preset's)."""
     if d["mask_mode"] != "dataset":
         return d["mask_mode"]
-    from augment.degrade import PRESETS
+    from hdr.degrade.presets import PRESETS
 
     return PRESETS[d["preset"]].mask_mode
 
@@ -250,14 +382,6 @@ def reference_unit(frame: torch.Tensor, d: dict) -> torch.Tensor:
     if d["reference_mapping"] == "linear":
         return frame.float().clamp(0.0, float(d["log_gamma_m"]))
     return C.hdr_to_unit(frame, m=float(d["log_gamma_m"]), g=float(d["log_gamma_g"]))
-
-
-def collate(items: list[dict]) -> dict:
-    out = {}
-    for k in items[0]:
-        vals = [it[k] for it in items]
-        out[k] = torch.stack(vals) if torch.is_tensor(vals[0]) else vals
-    return out
 
 
 class LatentCache:
@@ -300,16 +424,21 @@ class DiffHDRTask:
         self._dataset = dataset
         self.dcfg = resolve_data_config(config.get("data"))
         self.fcfg = resolve_flow_config(config.get("flow"), self.dcfg["recipe"])
-        self.mcfg = dict(config.get("model") or {})
+        self.model = DiffHDRModel.from_dict(config.get("model"))
+        self.mcfg = self.model.to_dict(given_only=True)     # as written (lora.json records it)
         if manifest is None and dataset is None:
             raise TrainError("diffhdr: a manifest (or a dataset) is required")
 
     def resolve_config(self, config: dict) -> dict:
         """The run config with every choice filled in (engine hook; what ``RUN/config.yaml`` records): the data
-        recipe's keys, the flow settings and the whole ``train:`` section with this trainer's defaults."""
+        recipe's keys (:class:`DiffHDRData`; an old ``aug_kind`` becomes ``kind``), the flow settings and the whole
+        ``train:`` section with this trainer's defaults; ``model:`` is validated and kept as written. A function of
+        ``config`` only (the engine also passes a stored config.yaml through it)."""
         out = copy.deepcopy(config)
-        out["data"] = dict(self.dcfg)
-        out["flow"] = dict(self.fcfg)
+        data = DiffHDRData.from_dict(config.get("data"))
+        DiffHDRModel.from_dict(config.get("model"))
+        out["data"] = data.to_dict()
+        out["flow"] = resolve_flow_config(config.get("flow"), data.recipe)
         train = asdict(TrainConfig.from_dict({**TRAIN_DEFAULTS, **(config.get("train") or {})}))
         out["train"] = {k: list(v) if isinstance(v, tuple) else v for k, v in train.items()}
         return out
@@ -319,9 +448,10 @@ class DiffHDRTask:
         self.device = torch.device(device)
         self.weight_dtype = weight_dtype
         try:
-            self.transformer, self.vae, self.text_encoder, self.tokenizer = load_backbone(self.mcfg, device,
+            backbone = self.model.backbone_config()
+            self.transformer, self.vae, self.text_encoder, self.tokenizer = load_backbone(backbone, device,
                                                                                           weight_dtype)
-            self.lora_info = add_lora(self.transformer, self.mcfg.get("lora"))
+            self.lora_info = add_lora(self.transformer, backbone["lora"])
         except ModelError as e:
             raise TrainError(str(e)) from None
         self.patch_hw = int(self.transformer.config.patch_size[1])
@@ -338,14 +468,12 @@ class DiffHDRTask:
             self._clip_hash = {c.key: c.clip_hash for c in self.manifest.clips(self.dcfg["split"])}
 
     def _manifest_dataset(self):
-        try:
-            from manifests.dataset import ClipWindowDataset
-        except ImportError as e:
-            raise TrainError(f"manifests.dataset.ClipWindowDataset is not available ({e})") from None
+        from hdr.dataset.loader import ClipWindowDataset
+
         d = self.dcfg
         try:
             ds = ClipWindowDataset(self.manifest, d["split"], window=int(d["window"]), ldr=d["ldr"],
-                                   preset=d["preset"], seed=int(d["seed"]), aug_kind=d["aug_kind"])
+                                   preset=d["preset"], seed=int(d["seed"]), aug_kind=d["kind"])
         except (ValueError, KeyError, OSError) as e:
             raise TrainError(f"diffhdr data: {e}") from None
         if len(ds) == 0:
@@ -359,7 +487,9 @@ class DiffHDRTask:
         return self._dataset
 
     def collate(self, items):
-        return collate(items)
+        from hdr.dataset.loader import collate_windows
+
+        return collate_windows(items)
 
     def enable_gradient_checkpointing(self):
         self.transformer.enable_gradient_checkpointing()

@@ -1,12 +1,12 @@
 """HDR-V-Diff (Guan et al., ICLR 2024) trainer: HDR-LDM, TCAM + temporal decoder, ZiCA reconstruction.
 
-    python -m train.run --manifest M --model hdrvdiff --stage ldm|tcam|recon --config C.yaml --out RUN
-    python -m train.run --manifest M --model hdrvdiff --config C.yaml --out RUN    # all three stages in order
+    python -m train.run --manifest M --model hdrvdiff --stage ldm|tcam|recon --config C.yaml --run RUN
+    python -m train.run --manifest M --model hdrvdiff --config C.yaml --run RUN    # all three stages in order
     python -m train.infer --model hdrvdiff --run RUN --input CLIP/ldr/alt3_00 --out OUT
 
 Modules (one model per file): embeddings (eq. 4), maxvit, unet (HDR-LDM denoiser), ldm (VAE + eq. 5 + DDIM),
 tcam, temporal_decoder (Restormer), temporal (TCAM + decoder), zica (eq. 6), recon, losses (eq. 7), data (eq. 1
-inputs from augment.alternating), stages (engine tasks), pipeline (inference), infer (CLI).
+inputs), stages (engine tasks), pipeline (inference), infer (CLI).
 """
 from __future__ import annotations
 
@@ -27,7 +27,12 @@ def stage_config(config: dict, stage: str) -> dict:
         raise TrainError(f"config stages.{stage}: unknown key(s) {', '.join(unknown)}; allowed: train, model, data")
     for section in ("train", "model", "data"):
         if over.get(section):
-            cfg[section] = {**(cfg.get(section) or {}), **over[section]}
+            part = dict(over[section])
+            if section == "data":  # an old spelling of the kind in the override replaces the base's kind
+                from train.engine import upgrade_kind
+
+                part = upgrade_kind(part, f"stages.{stage}.data")
+            cfg[section] = {**(cfg.get(section) or {}), **part}
     cfg["stage"] = stage
     return cfg
 

@@ -1,16 +1,28 @@
-"""From a ClipWindowDataset batch to HDR-V-Diff's inputs and targets (inputs come from the augment library).
+"""From a ClipWindowDataset batch to HDR-V-Diff's inputs and targets (the LDR comes from hdr.dataset.ldr.make_ldr).
 
-Units: the alternating LDR frame k is I_k = clip(H * 2^Delta * e_k)^(1/2.2) (augment.alternating), so the linear
+Units: the alternating LDR frame k is I_k = clip(H * 2^Delta * e_k)^(1/2.2) (hdr.degrade.alternating), so the linear
 part of eq. 1, I_k^gamma / e_k, equals R = H * 2^Delta wherever I_k is not saturated. The network works on R scaled
 by the darkest exposure of the window, x = clip(R * e_min, 0, 1) (1 where even the darkest frame saturates), and the
 losses on its mu-law tonemap (hdr.color.mu_law, mu = 5000). Inference returns R = x / e_min.
 """
 from __future__ import annotations
 
+import numpy as np
 import torch
 
-from augment.alternating import GAMMA, network_input
-from hdr.color import mu_law
+from hdr.color import LDR_GAMMA as GAMMA
+from hdr.color import _xp, mu_law
+
+
+
+def network_input(ldr, exposure: float, gamma: float = GAMMA, channel_axis: int = -1):
+    """L_k = c(I_k, I_k^gamma / e_k) (HDR-V-Diff eq. 1): 6 channels from an LDR frame (uint8 or [0, 1] float)."""
+    xp = _xp(ldr)
+    if xp.__name__ == "torch":
+        i = ldr.float() / 255.0 if not ldr.is_floating_point() else ldr
+        return xp.cat([i, i**gamma / exposure], dim=channel_axis)
+    i = ldr.astype(np.float32) / 255.0 if ldr.dtype == np.uint8 else ldr
+    return np.concatenate([i, i**gamma / exposure], axis=channel_axis)
 
 
 def _stops(params, b: int) -> torch.Tensor:
@@ -30,7 +42,7 @@ def _stops(params, b: int) -> torch.Tensor:
 
 def prepare(batch: dict, device=None, dtype=torch.float32) -> dict:
     """Batch (hdr, ldr (B, T, 3, H, W), exposures (B, T), params) -> dict of
-    ``L`` (B, T, 6, H, W) = c(I_k, I_k^gamma / e_k) (eq. 1, augment.alternating.network_input), ``ldr``,
+    ``L`` (B, T, 6, H, W) = c(I_k, I_k^gamma / e_k) (eq. 1, :func:`network_input`), ``ldr``,
     ``exposures``, ``e_min`` (B,), ``target01`` (normalised linear HDR, [0, 1]) and ``target_tm`` (its mu-law)."""
     ldr = batch["ldr"].to(device, dtype)
     if ldr.dim() != 5 or ldr.shape[2] != 3:

@@ -17,20 +17,24 @@ from pathlib import Path
 
 import numpy as np
 
+from hdr.dataset.layout import AUG_JSON
+from hdr.dataset.records import AugMeta, RecordError
+from hdr.storage import Store
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--run", required=True, help="trained run folder (all stages, or the recon stage's)")
-    p.add_argument("--input", required=True, help="folder of alternating-exposure PNG frames (an ldr/altN_NN folder)")
-    p.add_argument("--out", required=True, help="output folder for frame_NNNN.exr")
+    from train.infer import add_common_arguments
+
+    add_common_arguments(
+        p, steps_default=None, steps_aliases=("--ddim-steps",),
+        run="trained run folder (all stages, or the recon stage's)",
+        input="folder of alternating-exposure PNG frames (an ldr/altN_NN folder)",
+        out="output folder for frame_NNNN.exr", frames="only the first N frames",
+        steps="DDIM steps (default: the run's, 10 in the paper; --ddim-steps: old spelling)",
+        seed="seed of the DDIM starting noise", half="write half-float EXRs (default float32)")
     p.add_argument("--exposures", type=float, nargs="+", default=None,
                    help="relative exposures e_k cycled over the frames (default: aug.json's alternating.exposure)")
-    p.add_argument("--frames", type=int, default=None, help="only the first N frames")
-    p.add_argument("--ddim-steps", type=int, default=None, help="DDIM steps (default: the run's, 10 in the paper)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the DDIM starting noise")
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (1 is fastest for tiny models)")
-    p.add_argument("--half", action="store_true", help="write half-float EXRs (default float32)")
-    p.add_argument("--overwrite", action="store_true", help="replace existing output frames")
 
 
 def read_sequence(folder: str | Path, exposures=None, frames: int | None = None):
@@ -41,15 +45,19 @@ def read_sequence(folder: str | Path, exposures=None, frames: int | None = None)
     folder = Path(folder)
     if not folder.is_dir():
         raise TrainError(f"{folder}: input folder not found")
-    aug = folder / "aug.json"
-    rec = json.loads(aug.read_text()) if aug.is_file() else {}
-    names = list(rec.get("frames") or sorted(p.name for p in folder.glob("frame_*.png"))
+    rec = None
+    if (folder / AUG_JSON).is_file():
+        try:
+            rec = AugMeta.read(Store(str(folder)), AUG_JSON)
+        except RecordError as e:
+            raise TrainError(str(e)) from None
+    names = list((rec.frames if rec else None) or sorted(p.name for p in folder.glob("frame_*.png"))
                  or sorted(p.name for p in folder.glob("*.png")))
     if not names:
         raise TrainError(f"{folder}: no PNG frames")
     names = names[:frames] if frames else names
     if exposures is None:
-        alt = rec.get("alternating")
+        alt = rec.alternating if rec else None
         if not alt:
             raise TrainError(f"{folder}: no aug.json with 'alternating' exposures; pass --exposures")
         exp = [float(v) for v in alt["exposure"][: len(names)]]
@@ -71,12 +79,14 @@ def main(args: argparse.Namespace) -> int:
     import torch
     from tqdm.auto import tqdm
 
+    from hdr.cli import CliError, resolve_device
     from hdr.io import write_exr
     from hdr.storage import atomic_path, atomic_write_text
-    from train.engine import TrainError, resolve_device
+    from train.engine import TrainError
     from train.hdrvdiff.pipeline import HDRVDiffPipeline
 
     try:
+        device = resolve_device(args.device)
         out = Path(args.out)
         ldr8, exposures, names = read_sequence(args.input, args.exposures, args.frames)
         targets = [out / (Path(n).stem + ".exr") for n in names]
@@ -85,9 +95,10 @@ def main(args: argparse.Namespace) -> int:
             raise TrainError(f"{clash[0]}: exists ({len(clash)} output frame(s)); use --overwrite or another --out")
         if args.threads:
             torch.set_num_threads(args.threads)
-        pipe = HDRVDiffPipeline.from_run(args.run, resolve_device(args.device), args.ddim_steps)
+        pipe = HDRVDiffPipeline.from_run(args.run, device, args.steps)
         ldr = torch.from_numpy(np.ascontiguousarray(ldr8.transpose(0, 3, 1, 2))).float() / 255.0
-        hdr = pipe(ldr, exposures, seed=args.seed, progress=lambda it: tqdm(it, desc="hdrvdiff", unit="frame"))
+        hdr = pipe(ldr, exposures, seed=args.seed,
+                   progress=lambda it: tqdm(it, desc="hdrvdiff", unit="frame", disable=args.quiet))
         out.mkdir(parents=True, exist_ok=True)
         for path, img in zip(targets, hdr):
             with atomic_path(path) as tmp:
@@ -98,7 +109,7 @@ def main(args: argparse.Namespace) -> int:
                   "units": "linear radiance relative to the EV-0 frame (I^2.2 / e_k)",
                   "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
         atomic_write_text(out / "hdrvdiff_infer.json", json.dumps(record, indent=2))
-    except TrainError as e:
+    except (TrainError, CliError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(f"wrote {len(targets)} EXR frame(s) to {out}")

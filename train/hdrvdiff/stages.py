@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import copy
 import json
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from hdr.storage import atomic_dir, atomic_write_text
-from train.engine import TrainError, load_trainable_state
+from train.engine import ConfigSection, TrainError, load_trainable_state, upgrade_kind
 from train.hdrvdiff.data import prepare, random_crop
 from train.hdrvdiff.ldm import SD_SCHEDULER, HDRLDM, load_vae
 from train.hdrvdiff.losses import Eq7Loss, VGGPerceptual
@@ -30,36 +31,77 @@ STAGES = ("ldm", "tcam", "recon")
 RECORD = "hdrvdiff.json"
 EXPORT_DIRS = {"ldm": "unet", "tcam": "temporal", "recon": "recon"}
 
-# Paper-sized defaults (the SD VAE comes from a local folder: model.vae = "/path/to/sd-vae"); see hdrvdiff_tiny.yaml.
-MODEL_DEFAULTS = {
-    "vae": None, "vae_subfolder": None, "vae_seed": 0,
-    "unet": {}, "temporal": {}, "recon": {},
-    "scheduler": dict(SD_SCHEDULER), "ddim_steps": 10,
-    "vgg_weights": None, "vgg_layers": ["relu1_2", "relu2_2", "relu3_4", "relu4_4"],
-    "loss_weights": {"l1": 1.0, "temp": 0.1, "perceptual": 0.1},
-    "ldm_dir": None, "temporal_dir": None,
-}
-DATA_DEFAULTS = {"exposures": 3, "ldr": "stored", "preset": "paper", "crop": None, "split": "train"}
+
+@dataclass
+class LossWeights(ConfigSection):
+    """``model.loss_weights``: the weights of eq. 7 (1 L1 + 0.1 L_temp + 0.1 L_perception)."""
+
+    SECTION = "model.loss_weights"
+
+    l1: float = 1.0
+    temp: float = 0.1
+    perceptual: float = 0.1
+
+
+@dataclass
+class HDRVDiffModel(ConfigSection):
+    """The ``model:`` section of an HDR-V-Diff run config. Paper-sized defaults (the SD VAE comes from a local folder:
+    ``model.vae: /path/to/sd-vae``); see train/configs/hdrvdiff_tiny.yaml. RUN/config.yaml records the section as
+    written."""
+
+    SECTION = "model"
+
+    # -- the frozen SD VAE: a local diffusers AutoencoderKL folder (+ subfolder), or a config dict built with random
+    #    weights seeded by vae_seed (tests)
+    vae: str | dict | None = None
+    vae_subfolder: str | None = None
+    vae_seed: int = 0
+    # -- module sizes: keyword arguments of HDRLDMUNet, TemporalBranch (TCAM + decoder), ReconstructionModule (ZiCA)
+    unet: dict = field(default_factory=dict)
+    temporal: dict = field(default_factory=dict)
+    recon: dict = field(default_factory=dict)
+    # -- HDR-LDM's diffusion: the diffusers DDPM/DDIM scheduler config and the DDIM steps of stage recon / inference
+    scheduler: dict = field(default_factory=lambda: dict(SD_SCHEDULER))
+    ddim_steps: int = 10
+    # -- eq. 7: VGG-19 perceptual loss (a local torchvision state dict; null: random) and the loss weights
+    vgg_weights: str | None = None
+    vgg_layers: list = field(default_factory=lambda: ["relu1_2", "relu2_2", "relu3_4", "relu4_4"])
+    loss_weights: LossWeights = field(default_factory=LossWeights)
+    # -- stage recon's inputs: the run folders of stages ldm and tcam
+    ldm_dir: str | None = None
+    temporal_dir: str | None = None
+
+
+@dataclass
+class HDRVDiffData(ConfigSection):
+    """The ``data:`` section of an HDR-V-Diff run config: the kind of alternating LDR sequence (alt3: EV {-2, 0, +2},
+    alt2: EV {0, +3}), read stored (``ldr/altN_NN`` PNGs) or made on the fly (augment, with ``preset``), the random
+    square crop (rounded down to a multiple the models need; null: the largest that fits) and the manifest split.
+    Old spelling: ``exposures: N`` (-> ``kind: altN``). ``cache_latents`` (train.run --cache-latents) is ignored."""
+
+    SECTION = "data"
+    CHOICES = {"kind": ("alt2", "alt3"), "ldr": ("stored", "augment")}
+    IGNORED = ("cache_latents",)
+
+    kind: str = "alt3"
+    ldr: str = "stored"
+    preset: str = "paper"
+    crop: int | None = None
+    split: str = "train"
+
+    @classmethod
+    def upgrade(cls, d: dict, section: str) -> dict:
+        return upgrade_kind(d, section, allowed=cls.CHOICES["kind"])
 
 
 def model_config(config: dict) -> dict:
-    m = copy.deepcopy(MODEL_DEFAULTS)
-    unknown = sorted(set(config.get("model") or {}) - set(m))
-    if unknown:
-        raise TrainError(f"config model: unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(m))}")
-    m.update(copy.deepcopy(config.get("model") or {}))
-    return m
+    """The ``model:`` section validated, every key filled in (:class:`HDRVDiffModel`)."""
+    return HDRVDiffModel.from_dict(config.get("model")).to_dict()
 
 
 def data_config(config: dict) -> dict:
-    d = dict(DATA_DEFAULTS)
-    d.update({k: v for k, v in (config.get("data") or {}).items() if k != "cache_latents"})
-    unknown = sorted(set(d) - set(DATA_DEFAULTS))
-    if unknown:
-        raise TrainError(f"config data: unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(DATA_DEFAULTS))}")
-    if int(d["exposures"]) not in (2, 3):
-        raise TrainError(f"config data.exposures must be 2 or 3, got {d['exposures']!r}")
-    return d
+    """The ``data:`` section validated, every key filled in (:class:`HDRVDiffData`)."""
+    return HDRVDiffData.from_dict(config.get("data")).to_dict()
 
 
 def build_vae(m: dict, ldm_dir: str | None = None):
@@ -252,6 +294,16 @@ class HDRVDiffTask:
             raise TrainError(f"hdrvdiff: stage must be one of {', '.join(STAGES)} (got {self.stage!r})")
         self._dataset, self._module = dataset, None
 
+    def resolve_config(self, config: dict) -> dict:
+        """Engine hook: ``model:`` and ``data:`` validated before the run folder is made, an old ``data.exposures``
+        spelt ``data.kind``; otherwise the config as written (what RUN/config.yaml records)."""
+        out = copy.deepcopy(config)
+        if isinstance(out.get("data"), dict):
+            out["data"] = upgrade_kind(out["data"], "data", allowed=HDRVDiffData.CHOICES["kind"])
+        model_config(out)
+        data_config(out)
+        return out
+
     def build(self, config: dict, device: torch.device, weight_dtype: torch.dtype) -> None:
         self.config = config
         threads = config.get("threads")
@@ -268,20 +320,20 @@ class HDRVDiffTask:
 
     def dataset(self):
         if self._dataset is None:
-            from manifests.dataset import ClipWindowDataset
+            from hdr.dataset.loader import ClipWindowDataset
 
             m, d = model_config(self.config), data_config(self.config)
             n = int(m["temporal"].get("n_frames", 3))  # window n + 1: two consecutive n-frame windows (L_temp)
             seed = int((self.config.get("train") or {}).get("seed", 0))
             try:
                 self._dataset = ClipWindowDataset(self.manifest, d["split"], window=n + 1, ldr=d["ldr"],
-                                                  preset=d["preset"], seed=seed, aug_kind=f"alt{int(d['exposures'])}")
+                                                  preset=d["preset"], seed=seed, aug_kind=d["kind"])
             except ValueError as e:
                 raise TrainError(f"hdrvdiff data: {e}") from None
         return self._dataset
 
     def collate(self, items: list):
-        from manifests.dataset import collate_windows
+        from hdr.dataset.loader import collate_windows
 
         return collate_windows(items)
 

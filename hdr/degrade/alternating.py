@@ -5,9 +5,8 @@ input of frame k is L_k = c(I_k, I_k^gamma / e_k) (HDR-V-Diff eq. 1) with e_k = 
 """
 from __future__ import annotations
 
-import numpy as np
 
-from augment.degrade import Params, linear_to_ldr8, noisy_frames
+from hdr.degrade.presets import Params, linear_to_ldr8, noisy_frames
 from hdr.color import LDR_GAMMA, _xp
 
 EXPOSURE_SETS = {2: (0.0, 3.0), 3: (-2.0, 0.0, 2.0)}
@@ -29,13 +28,3 @@ def alternating_ldr(hdr, evs, params: Params):
     exposed = (frame * float(2.0 ** (params.exposure_stops + ev)) for frame, ev in zip(hdr, evs))
     out = [linear_to_ldr8(lin, params.quantize, TRANSFER) for lin in noisy_frames(exposed, hdr.shape, params, like=hdr)]
     return xp.stack(out), [float(2.0**ev) for ev in evs]
-
-
-def network_input(ldr, exposure: float, gamma: float = GAMMA, channel_axis: int = -1):
-    """L_k = c(I_k, I_k^gamma / e_k) (HDR-V-Diff eq. 1): 6 channels from an LDR frame (uint8 or [0, 1] float)."""
-    xp = _xp(ldr)
-    if xp.__name__ == "torch":
-        i = ldr.float() / 255.0 if not ldr.is_floating_point() else ldr
-        return xp.cat([i, i**gamma / exposure], dim=channel_axis)
-    i = ldr.astype(np.float32) / 255.0 if ldr.dtype == np.uint8 else ldr
-    return np.concatenate([i, i**gamma / exposure], axis=channel_axis)

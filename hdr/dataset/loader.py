@@ -1,11 +1,11 @@
 """A torch ``Dataset`` over a manifest split: aligned windows of HDR frames, LDR frames, exposure masks and captions.
 
-    ds = ClipWindowDataset(open_manifest(path), "train", window=33, ldr="augment", preset="paper", seed=0)
+    ds = ClipWindowDataset(open_manifest(path), "train", window=33, ldr="augment", preset="paper", kind="single")
     item = ds[0]   # {"hdr": (T,3,H,W) linear radiance, "ldr": (T,3,H,W) in [0,1], "over"/"under": (T,1,H,W), ...}
 
 ``ldr="stored"`` reads the PNG frames and masks of one augmentation recorded in the manifest (chosen per epoch when a
-clip has several of the requested kind and preset); ``ldr="augment"`` degrades the HDR window on the fly through the
-augment library (``augment.degrade``/``augment.alternating``/``augment.masks``) with parameters drawn from
+clip has several of the requested kind and preset); ``ldr="augment"`` degrades the HDR window on the fly with
+:func:`hdr.dataset.ldr.make_ldr` (the function augment.run writes with) and parameters drawn from
 ``derive_seed(seed, key, "loader-augment", epoch)``. Window starts come from ``derive_seed(seed, key, index, epoch)``;
 call :meth:`ClipWindowDataset.set_epoch` every epoch. The HDR, LDR and mask frames of an item are the same frame
 indices ``start .. start + window - 1`` of the clip. torch is imported here only.
@@ -16,29 +16,25 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from augment.alternating import GAMMA, alternating_evs, alternating_ldr
-from augment.alternating import TRANSFER as ALT_TRANSFER
-from augment.degrade import PRESETS, degrade, sample_params
-from augment.masks import exposure_masks
+from hdr.dataset.ldr import check_kind, make_ldr
+from hdr.dataset.manifest import Manifest
+from hdr.dataset.rows import AugRecord, ClipRecord
+from hdr.degrade.presets import PRESETS, sample_params
 from hdr.io import decode_ldr, read_image
 from hdr.seeding import derive_seed
-from manifests.manifest import Manifest
-from manifests.records import AugRecord, ClipRecord
-
-KINDS = ("single", "alt2", "alt3")
 
 
 class ClipWindowDataset(torch.utils.data.Dataset):
     def __init__(self, m: Manifest, split: str | None, window: int = 33, ldr: str = "stored", preset: str = "paper",
-                 seed: int = 0, aug_kind: str = "single", epoch: int = 0):
+                 seed: int = 0, kind: str = "single", epoch: int = 0, aug_kind: str | None = None):
+        kind = aug_kind or kind  # aug_kind: the old name of the argument
         if ldr not in ("stored", "augment"):
             raise ValueError(f"ldr={ldr!r}: expected 'stored' or 'augment'")
-        if aug_kind not in KINDS:
-            raise ValueError(f"aug_kind={aug_kind!r}: expected one of {KINDS}")
+        check_kind(kind)
         if ldr == "augment" and preset not in PRESETS:
             raise ValueError(f"preset={preset!r}: expected one of {sorted(PRESETS)}")
         self.m, self.split, self.window, self.ldr = m, split, int(window), ldr
-        self.preset, self.seed, self.aug_kind, self.epoch = preset, int(seed), aug_kind, int(epoch)
+        self.preset, self.seed, self.kind, self.epoch = preset, int(seed), kind, int(epoch)
         self.clips: list[ClipRecord] = m.clips(split)
         if not self.clips:
             raise ValueError(f"{m.path}: no clips in split {split!r}")
@@ -47,12 +43,16 @@ class ClipWindowDataset(torch.utils.data.Dataset):
             raise ValueError(f"window {self.window} is longer than {len(short)} clip(s) of {m.version} "
                              f"(e.g. {short[0].key} has {short[0].n_frames} frames)")
         if ldr == "stored":
-            self._augs = [c.aug(aug_kind, preset) for c in self.clips]
+            self._augs = [c.aug(kind, preset) for c in self.clips]
             missing = [c.key for c, a in zip(self.clips, self._augs) if not a]
             if missing:
-                raise ValueError(f"{m.version}: {len(missing)} clip(s) of split {split!r} have no stored {aug_kind!r} "
+                raise ValueError(f"{m.version}: {len(missing)} clip(s) of split {split!r} have no stored {kind!r} "
                                  f"augmentation with preset {preset!r} (e.g. {missing[0]}); run augment.run or use "
                                  "ldr='augment'")
+
+    @property
+    def aug_kind(self) -> str:  # the old name
+        return self.kind
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
@@ -96,18 +96,11 @@ class ClipWindowDataset(torch.utils.data.Dataset):
             params = {**a.params, "aug_id": a.aug_id, "source": "stored"}
         else:
             p = sample_params(PRESETS[self.preset], derive_seed(self.seed, c.key, "loader-augment", self.epoch))
+            made = make_ldr(hdr, self.kind, PRESETS[self.preset], p, start=t0)
+            ldr8, exposures, over, under = made.frames, made.exposures, made.over, made.under
             params = {**p.to_json(), "source": "augment"}
-            if self.aug_kind == "single":
-                ldr8, _ = degrade(hdr, p)
-                exposures = [1.0] * self.window
-            else:
-                n = int(self.aug_kind[3:])
-                evs = alternating_evs(self.window, n, start=t0)  # the clip's EV cycle, from frame t0
-                ldr8, exposures = alternating_ldr(hdr, evs, p)
-                params["alternating"] = {"n_exposures": n, "ev": evs, "exposure": exposures, "gamma": GAMMA}
-            single = self.aug_kind == "single"  # as augment.run writes them: the preset's masks; paper masks on gamma 2.2
-            over, under = exposure_masks(ldr8, PRESETS[self.preset].mask_mode if single else "paper",
-                                         "srgb" if single else ALT_TRANSFER)
+            if made.alternating:
+                params["alternating"] = made.alternating
         return {
             "hdr": torch.from_numpy(np.ascontiguousarray(hdr.transpose(0, 3, 1, 2))),
             "ldr": torch.from_numpy(np.ascontiguousarray(ldr8.transpose(0, 3, 1, 2))).float() / 255.0,

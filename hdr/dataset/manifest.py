@@ -18,9 +18,9 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from hdr.storage import Store
-from manifests.paths import (MANIFEST_DIR, ManifestError, check_inside, check_paths, list_versions, real_root,
+from hdr.dataset.layout import (MANIFEST_DIR, ManifestError, check_inside, check_paths, list_versions, real_root,
                              version_files, version_name)
-from manifests.records import RECORD_COLUMNS, SCHEMA_ID, SPLITS, ClipRecord, record_from_row
+from hdr.dataset.rows import RECORD_COLUMNS, SCHEMA_ID, SPLITS, ClipRecord, record_from_row
 
 
 def _split_url(path: str) -> tuple[str, str]:

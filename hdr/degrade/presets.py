@@ -35,7 +35,7 @@ class Preset:
     rho: float = 0.5  # AR(1) temporal correlation of the noise field
     ar1_init: str = "stationary"  # "stationary": eps_0 = u_0; "zero": eps_{-1} = 0, so eps_0 = sqrt(1 - rho^2) u_0
     quantize: str = "round"  # "round" (paper) or "truncate" ((x * 255).to(uint8) in the public code)
-    mask_mode: str = "paper"  # exposure masks: "paper" or "diffhdr-code" (augment.masks.MASK_MODES)
+    mask_mode: str = "paper"  # exposure masks: "paper" or "diffhdr-code" (hdr.degrade.masks.MASK_MODES)
     notes: str = ""
 
     def with_overrides(self, **kw) -> "Preset":

@@ -1,0 +1,85 @@
+"""The one function that turns HDR frames plus an augmentation into LDR frames, exposures and masks.
+
+    ldr = make_ldr(hdr_frames, "single", PRESETS["paper"], params)         # augment.run writes these to disk
+    ldr = make_ldr(window, "alt3", preset, params, start=t0)               # the loader, on the fly
+    ldr = remake(hdr_frames, AugMeta.read(store, rel))                     # bit for bit from an aug.json
+
+Which transfer and which masks a kind of sequence gets is decided here only (:func:`sequence_spec`): single-exposure
+LDR is sRGB with the preset's mask mode; HDR-V-Diff's alternating sequences (alt2, alt3) are gamma 2.2 with the
+paper's masks, linearised with that gamma.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from hdr.dataset.records import KINDS, AugMeta
+from hdr.degrade.alternating import GAMMA, TRANSFER as ALT_TRANSFER, alternating_evs, alternating_ldr
+from hdr.degrade.masks import exposure_masks
+from hdr.degrade.presets import PRESETS, Params, Preset, degrade
+
+
+def check_kind(kind: str) -> str:
+    if kind not in KINDS:
+        raise ValueError(f"kind {kind!r}: expected one of {', '.join(KINDS)}")
+    return kind
+
+
+def n_exposures(kind: str) -> int:
+    """0 for single-exposure LDR, 2 or 3 for alternating sequences."""
+    return 0 if check_kind(kind) == "single" else int(kind[3:])
+
+
+def kind_of(n_exposures: int) -> str:
+    return f"alt{int(n_exposures)}" if n_exposures else "single"
+
+
+def sequence_spec(kind: str, preset: Preset) -> tuple[str, str]:
+    """(transfer, mask mode) of a kind of LDR sequence made with ``preset``."""
+    return ("srgb", preset.mask_mode) if check_kind(kind) == "single" else (ALT_TRANSFER, "paper")
+
+
+@dataclass
+class LdrClip:
+    frames: object  # uint8 (T, H, W, 3), numpy or torch like the input
+    exposures: list  # e_t = 2^EV_t relative to the clip's exposure (1.0 for single-exposure LDR)
+    over: object  # float (T, H, W) in [0, 1]
+    under: object
+    transfer: str  # hdr.color.TRANSFERS name of the encoding
+    mask_mode: str
+    alternating: dict | None  # alt kinds: n_exposures, ev, exposure, gamma
+
+    @property
+    def format(self) -> str:
+        return "8-bit sRGB PNG" if self.transfer == "srgb" else "8-bit gamma-2.2 PNG"
+
+
+def make_ldr(hdr, kind: str, preset: Preset, params: Params, start: int = 0) -> LdrClip:
+    """HDR frames (T, H, W, 3) -> :class:`LdrClip`. ``start``: the clip frame index of ``hdr[0]`` (the EV cycle of
+    an alternating sequence continues from there, so a window of a clip gets the clip's exposures)."""
+    transfer, mask_mode = sequence_spec(kind, preset)
+    n = n_exposures(kind)
+    alternating = None
+    if n:
+        evs = alternating_evs(len(hdr), n, start=start)
+        frames, exposures = alternating_ldr(hdr, evs, params)
+        alternating = {"n_exposures": n, "ev": evs, "exposure": exposures, "gamma": GAMMA}
+    else:
+        frames, _ = degrade(hdr, params)
+        exposures = [1.0] * len(hdr)
+    over, under = exposure_masks(frames, mask_mode, transfer)
+    return LdrClip(frames, exposures, over, under, transfer, mask_mode, alternating)
+
+
+def preset_of(aug: AugMeta) -> Preset:
+    """The preset an augmentation was made with (its recorded settings, overrides included)."""
+    fields = {k: tuple(v) if isinstance(v, list) else v for k, v in aug.preset_settings.items()}
+    return Preset(**fields) if fields else PRESETS[aug.preset]
+
+
+def params_of(aug: AugMeta) -> Params:
+    return Params(**aug.params)
+
+
+def remake(hdr, aug: AugMeta) -> LdrClip:
+    """Re-make an augmentation's LDR frames and masks from its record and the clip's HDR frames, bit for bit."""
+    return make_ldr(hdr, aug.kind, preset_of(aug), params_of(aug))
