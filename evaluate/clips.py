@@ -16,9 +16,9 @@ import numpy as np
 
 from hdr.io import HdrImageError, read_image
 from hdr.storage import Store
-from hdr.dataset.layout import is_hdri_name, list_files
+from hdr.dataset.layout import HDR_FRAME_GLOB, is_hdri_name, list_files
 
-FRAME_GLOB = "*/*/frame_*.exr"
+FRAME_GLOB = f"*/*/{HDR_FRAME_GLOB}"
 
 
 @dataclass(frozen=True)

@@ -328,7 +328,7 @@ def _render_clip(task: HdriTask, out: Store, engine, hdri: _Hdri, program: str, 
         out.remove(rel)
     else:  # a partial clip from an interrupted run: drop its stale frames and clip.json
         for name in layout.list_files(out, rel):
-            if name.startswith("frame_") or name == layout.CLIP_JSON:
+            if layout.is_frame_name(name) or name == layout.CLIP_JSON:
                 out.remove(f"{rel}/{name}")
     t_start = time.perf_counter()
     render_s = write_s = 0.0

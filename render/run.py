@@ -13,15 +13,15 @@ from concurrent.futures import ThreadPoolExecutor
 
 from hdr import cli
 from hdr.cluster import RayOptions, run_tasks
+from hdr.dataset import layout
 from hdr.io import read_header
 from hdr.storage import Store, human_bytes
 from render import hdri as hdri_mod
-from hdr.dataset import layout
 from render.engines import ENGINES
 from render.job import NEGATIVE_TEXELS, HdriResult, HdriTask, RenderSettings, render_hdri
 from render.programs import GROUPS, PROGRAMS, parse_programs
 
-FAILURES_FILE = "render_failures.json"
+FAILURES_FILE = layout.FAILURES_FILE
 
 
 def parse_resolution(text: str) -> tuple[int, int]:

@@ -35,6 +35,9 @@ LDR_FRAME = "frame_%04d.png"
 OVER_MASK = "over_%04d.png"
 UNDER_MASK = "under_%04d.png"
 PREVIEW = "preview.mp4"
+FAILURES_FILE = "render_failures.json"  # <root>/render_failures.json: the failures of the latest render run
+HDR_FRAME_GLOB = "frame_*.exr"  # the HDR frames of a clip folder (and of a prediction folder)
+LDR_FRAME_GLOB = "frame_*.png"
 
 
 def is_hdri_name(name: str) -> bool:
@@ -43,7 +46,12 @@ def is_hdri_name(name: str) -> bool:
 
 
 def frame_name(index: int) -> str:
+    """The HDR frame file of frame ``index`` (render's output, and every prediction folder)."""
     return f"frame_{index:04d}.exr"
+
+
+def is_frame_name(name: str) -> bool:
+    return name.startswith("frame_")
 
 
 def clip_rel(hdri_id: str, clip_id: str) -> str:

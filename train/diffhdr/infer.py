@@ -35,6 +35,7 @@ import yaml
 
 from hdr.cli import CliError, resolve_device
 from hdr.color import log_gamma_inverse
+from hdr.dataset.layout import HDR_FRAME_GLOB, frame_name
 from hdr.io import LdrImageError, read_ldr
 from hdr.seeding import derive_seed
 from hdr.storage import atomic_path, atomic_write_json, sha256_file
@@ -315,8 +316,8 @@ def main(args) -> int:
         "reference": args.reference, "reference_sha256": sha256_file(args.reference) if args.reference else None,
         "reference_ev": ref_ev if args.reference else None,
         "reference_mapping": ref_mapping if args.reference else None, "device": str(device), "half": args.half}))
-    names = [f"frame_{t:04d}.exr" for t in range(n)]
-    existing = sorted(p.name for p in out.glob("frame_*.exr")) if out.is_dir() else []
+    names = [frame_name(t) for t in range(n)]
+    existing = sorted(p.name for p in out.glob(HDR_FRAME_GLOB)) if out.is_dir() else []
     done = 0
     if existing and not args.overwrite:
         try:

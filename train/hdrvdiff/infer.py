@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from hdr.dataset.layout import AUG_JSON
+from hdr.dataset.layout import AUG_JSON, LDR_FRAME_GLOB
 from hdr.dataset.records import AugMeta, RecordError
 from hdr.storage import Store
 
@@ -51,7 +51,7 @@ def read_sequence(folder: str | Path, exposures=None, frames: int | None = None)
             rec = AugMeta.read(Store(str(folder)), AUG_JSON)
         except RecordError as e:
             raise TrainError(str(e)) from None
-    names = list((rec.frames if rec else None) or sorted(p.name for p in folder.glob("frame_*.png"))
+    names = list((rec.frames if rec else None) or sorted(p.name for p in folder.glob(LDR_FRAME_GLOB))
                  or sorted(p.name for p in folder.glob("*.png")))
     if not names:
         raise TrainError(f"{folder}: no PNG frames")
