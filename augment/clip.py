@@ -8,10 +8,9 @@ parameter, so the LDR frames can be re-made bit for bit. This is the plain funct
 from __future__ import annotations
 
 import datetime as dt
-import json
 import shutil
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -19,7 +18,7 @@ import hdr
 from hdr.dataset import layout
 from hdr.dataset.ldr import kind_of, make_ldr
 from hdr.dataset.records import AugMeta, ClipMeta
-from hdr.degrade.presets import PRESETS, sample_params
+from hdr.degrade.presets import PRESETS, apply_overrides, preset_from_json, sample_params
 from hdr.io import read_image, write_png
 from hdr.seeding import SEED_DERIVATION, derive_seed
 from hdr.storage import Store
@@ -36,7 +35,8 @@ class AugTask:
     alternating: int = 0  # 0: single-exposure LDR; 2 or 3: alternating exposures
     overwrite: bool = False
     preview: bool = False  # also write preview.mp4 (H.264 via PyAV)
-    overrides: tuple = ()  # ((field, value), ...) applied to the preset (Preset.with_overrides)
+    overrides: tuple = ()  # ((field, value), ...) applied to the preset (hdr.degrade.presets.apply_overrides)
+    preset_settings: dict | None = None  # the resolved preset (a YAML preset travels to the workers this way)
 
 
 def aug_id(task: AugTask, index: int) -> str:
@@ -67,8 +67,9 @@ def write_preview(path, frames: np.ndarray, fps: int = 24) -> None:
 def augment_clip(task: AugTask) -> dict:
     """Write the missing augmentations of one clip; returns {aug_id: "written" | "skipped"}."""
     store = Store(task.root)
-    preset = PRESETS[task.preset].with_overrides(**dict(task.overrides))
-    settings = json.loads(json.dumps(asdict(preset)))
+    preset = preset_from_json(task.preset_settings) if task.preset_settings \
+        else apply_overrides(PRESETS[task.preset], task.overrides)
+    settings = preset.to_json()
     todo, out = [], {}
     for i in range(task.per_clip):
         rel = layout.aug_rel(task.hdri_id, task.clip_id, aug_id(task, i))
@@ -135,6 +136,7 @@ def augment_clip(task: AugTask) -> dict:
                        + (" (binarised at 0.2: 0 or 255)" if made.mask_mode == "diffhdr-code" else "")},
                 format=made.format,
                 source_clip={"settings": clip.settings, "created": clip.created},
+                step_results=made.step_results or None,
                 toolkit_version=hdr.__version__,
                 created=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
                 seconds=time.perf_counter() - t0,

@@ -9,7 +9,7 @@ from augment.clip import AugTask, augment_clip
 from hdr import cli
 from hdr.dataset import layout
 from hdr.dataset.ldr import n_exposures
-from hdr.degrade.presets import PRESETS, Preset
+from hdr.degrade.presets import PRESETS, Preset, apply_overrides, load_preset, sample_params
 from hdr.storage import Store
 
 PRESET_FIELDS = tuple(f.name for f in dataclasses.fields(Preset) if f.name not in ("name", "notes"))
@@ -30,8 +30,12 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     cli.add_root(p, aliases=("--dataset",), help="dataset root written by render.run (path or URL)")
-    p.add_argument("--preset", choices=sorted(PRESETS), default="paper")
-    cli.add_set(p, fields=", ".join(PRESET_FIELDS) + " (e.g. --set sigma_s_range=[0,0.01] --set rho=0.7)")
+    p.add_argument("--preset", default="paper", metavar="NAME|FILE.yaml",
+                   help="degradation preset: " + "; ".join(f"{k}: {v.notes.split(':')[0].split(' (')[0]}"
+                                                         for k, v in PRESETS.items())
+                   + "; or a YAML file of preset fields and steps (docs/augment.md)")
+    cli.add_set(p, fields=", ".join(PRESET_FIELDS) + ", or step.NAME.FIELD for a field of one of the preset's steps "
+                "(e.g. --set sigma_s_range=[0,0.01] --set rho=0.7 --set step.video.crf=[18,24])")
     p.add_argument("--per-clip", type=int, default=1, help="augmentations per clip")
     cli.add_kind(p)
     p.add_argument("--alternating", type=int, choices=(2, 3), dest="kind", action=_AlternatingAction,
@@ -49,9 +53,12 @@ def parse_overrides(items: list[str]) -> tuple:
     (:class:`hdr.cli.CliError`) on an unknown field or a malformed item."""
     out = []
     for key, value in cli.parse_set(items):
+        if key.startswith(("step.", "steps.")):
+            out.append((key, value))  # checked against the preset's steps (apply_overrides)
+            continue
         if key not in PRESET_FIELDS:
             raise cli.CliError(f"--set {key}=...: not a preset field; expected FIELD=VALUE with FIELD one of "
-                               f"{', '.join(sorted(PRESET_FIELDS))}")
+                               f"{', '.join(sorted(PRESET_FIELDS))}, or step.NAME.FIELD")
         out.append((key, tuple(value) if isinstance(value, list) else value))
     return tuple(out)
 
@@ -60,6 +67,8 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
         overrides = parse_overrides(args.overrides)
+        preset = apply_overrides(load_preset(args.preset), overrides)
+        sample_params(preset, 0)  # a step that cannot run (a curve file missing, a codec not built) fails here, once
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -69,8 +78,8 @@ def main(argv=None) -> int:
         print(f"error: no rendered clips (*/*/clip.json) in {args.root}", file=sys.stderr)
         return 2
     alternating = n_exposures(args.kind)
-    tasks = [AugTask(args.root, h, c, args.preset, args.per_clip, args.seed, alternating, args.overwrite,
-                     args.preview, overrides) for h, c in clips]
+    tasks = [AugTask(args.root, h, c, preset.name, args.per_clip, args.seed, alternating, args.overwrite,
+                     args.preview, overrides, preset.to_json()) for h, c in clips]
 
     def on_result(task: AugTask, res: dict) -> cli.Tally:
         counts: dict[str, int] = {}
@@ -85,7 +94,7 @@ def main(argv=None) -> int:
     run = cli.StageRun(
         stage="augment", fn=augment_clip, tasks=tasks, store=store, argv=argv, on_result=on_result, on_error=on_error,
         counts={"written": 0, "skipped": 0, "failed": 0},
-        record={"preset": args.preset, "overrides": dict(overrides), "per_clip": args.per_clip, "kind": args.kind,
+        record={"preset": preset.name, "preset_source": args.preset, "overrides": dict(overrides), "per_clip": args.per_clip, "kind": args.kind,
                 "alternating": alternating or None, "seed": args.seed},
         summary="wrote {written} augmentations, {skipped} already done, {failed} failed")
     opts = cli.ray_options(args, retry_exceptions=[OSError, MemoryError])

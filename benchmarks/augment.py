@@ -1,5 +1,7 @@
 """Augment benchmark: frames per second per core of the full degradation (exposure, AR(1) noise, sRGB, clip,
-8-bit) plus the exposure masks, at 1280x720, numpy and torch-CPU, both presets, measured in this one run.
+8-bit) plus the exposure masks, at 1280x720, numpy and torch-CPU, per preset; then every camera step alone (white
+balance, a response curve in the quantiser, JPEG, the H.264/HEVC round trip) and each preset's whole pipeline
+(``hdr.dataset.ldr.make_ldr``: what augment.run and the on-the-fly loader run), measured in this one run.
 
 Everything runs on ONE thread (numpy is single-threaded; torch is set to one thread), so frames/s is frames/s per
 core; a data loader with N workers scales by N. "torch-cpu" is the library called with CPU tensors (which it routes
@@ -22,6 +24,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from hdr.degrade.presets import PRESETS, ar1_frames, degrade, degrade_torch, sample_params  # noqa: E402
 from hdr.degrade.masks import MASK_MODES, exposure_masks  # noqa: E402
+from hdr.degrade import steps as S  # noqa: E402
+from hdr.degrade.presets import linear_to_ldr8  # noqa: E402
+from hdr.dataset.ldr import make_ldr  # noqa: E402
 
 
 def best_of(fn, repeat):
@@ -61,9 +66,28 @@ def main() -> None:
             ldr, _ = deg_fn(x, params)
             t_mask = best_of(lambda: mask_fn(ldr, preset.mask_mode), args.repeat)
             deg, both = n / t_deg, n / (t_deg + t_mask)
-            print(f"{preset_name:>12} {lib:>9}: degradation {deg:6.1f} frames/s per core "
+            print(f"{preset_name:>15} {lib:>9}: core degradation {deg:6.1f} frames/s per core "
                   f"({'>=' if deg >= 30 else '< '} the 30 aim), masks ({preset.mask_mode}) {n / t_mask:6.1f}, "
                   f"degradation + masks {both:6.1f} frames/s per core")
+
+    print("camera steps alone (numpy, one thread):")
+    ldr, _ = degrade(hdr, sample_params(PRESETS["paper"], 1))
+    gains = [{"step": "white_balance", "applied": True, "gains": S.white_balance_gains(4500.0)}]
+    lin = np.clip(hdr, 0, 1)
+    cases = (("white balance", lambda: S.apply_linear(hdr, gains)),
+             ("8-bit sRGB (the quantiser)", lambda: linear_to_ldr8(lin, "round", "srgb")),
+             ("8-bit sigmoid curve", lambda: linear_to_ldr8(lin, "round", "sigmoid:0.9:0.6")),
+             ("JPEG q75 round trip", lambda: S.jpeg_roundtrip(ldr, 75)))
+    cases += tuple((f"{c} CRF 23 round trip", lambda c=c: S.video_roundtrip(ldr, c, crf=23, gop=12))
+                   for c in S.video_codecs())
+    for label, fn in cases:
+        t = best_of(fn, args.repeat)
+        print(f"  {label:>30}: {n / t:7.1f} frames/s per core")
+    print("whole pipeline per preset (make_ldr: steps, core, masks; numpy):")
+    for preset_name, preset in PRESETS.items():
+        params = sample_params(preset.with_overrides(noise_probability=1.0), 1)
+        t = best_of(lambda: make_ldr(hdr, "single", preset, params), args.repeat)
+        print(f"  {preset_name:>30}: {n / t:7.1f} frames/s per core")
 
 
 if __name__ == "__main__":

@@ -10,12 +10,13 @@ paper's masks, linearised with that gamma.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from hdr.dataset.records import KINDS, AugMeta
 from hdr.degrade.alternating import GAMMA, TRANSFER as ALT_TRANSFER, alternating_evs, alternating_ldr
 from hdr.degrade.masks import exposure_masks
-from hdr.degrade.presets import PRESETS, Params, Preset, degrade
+from hdr.degrade.presets import PRESETS, Params, Preset, degrade, preset_from_json
+from hdr.degrade.steps import apply_ldr, apply_linear
 
 
 def check_kind(kind: str) -> str:
@@ -47,17 +48,27 @@ class LdrClip:
     transfer: str  # hdr.color.TRANSFERS name of the encoding
     mask_mode: str
     alternating: dict | None  # alt kinds: n_exposures, ev, exposure, gamma
+    step_results: list = field(default_factory=list)  # what the steps did (e.g. a codec's achieved bitrate)
 
     @property
     def format(self) -> str:
-        return "8-bit sRGB PNG" if self.transfer == "srgb" else "8-bit gamma-2.2 PNG"
+        names = {"srgb": "8-bit sRGB PNG", "gamma2.2": "8-bit gamma-2.2 PNG"}
+        return names.get(self.transfer, f"8-bit PNG, response curve {self.transfer}")
 
 
 def make_ldr(hdr, kind: str, preset: Preset, params: Params, start: int = 0) -> LdrClip:
     """HDR frames (T, H, W, 3) -> :class:`LdrClip`. ``start``: the clip frame index of ``hdr[0]`` (the EV cycle of
-    an alternating sequence continues from there, so a window of a clip gets the clip's exposures)."""
+    an alternating sequence continues from there, so a window of a clip gets the clip's exposures). The preset's
+    extra steps run where a camera has them (:mod:`hdr.degrade.steps`): white balance on the linear frames, the
+    response curve in the quantiser (single-exposure LDR; alternating sequences stay gamma 2.2), compression on the
+    8-bit frames; the masks are computed on the final frames, linearised with the curve used."""
     transfer, mask_mode = sequence_spec(kind, preset)
     n = n_exposures(kind)
+    if n == 0 and params.transfer != "srgb":
+        transfer, mask_mode = params.transfer, "paper"
+    step_results = []
+    if params.steps:
+        hdr = apply_linear(hdr, list(params.steps))
     alternating = None
     if n:
         evs = alternating_evs(len(hdr), n, start=start)
@@ -66,18 +77,25 @@ def make_ldr(hdr, kind: str, preset: Preset, params: Params, start: int = 0) -> 
     else:
         frames, _ = degrade(hdr, params)
         exposures = [1.0] * len(hdr)
+    if params.steps:
+        frames, step_results = apply_ldr(frames, list(params.steps))
     over, under = exposure_masks(frames, mask_mode, transfer)
-    return LdrClip(frames, exposures, over, under, transfer, mask_mode, alternating)
+    return LdrClip(frames, exposures, over, under, transfer, mask_mode, alternating, step_results)
 
 
 def preset_of(aug: AugMeta) -> Preset:
     """The preset an augmentation was made with (its recorded settings, overrides included)."""
-    fields = {k: tuple(v) if isinstance(v, list) else v for k, v in aug.preset_settings.items()}
-    return Preset(**fields) if fields else PRESETS[aug.preset]
+    return preset_from_json(aug.preset_settings, "aug.json preset_settings") if aug.preset_settings \
+        else PRESETS[aug.preset]
 
 
 def params_of(aug: AugMeta) -> Params:
-    return Params(**aug.params)
+    params = Params(**aug.params)
+    if params.steps:
+        from hdr.degrade.steps import transfer_of
+
+        transfer_of(list(params.steps))  # a measured curve is loaded again from its recorded file
+    return params
 
 
 def remake(hdr, aug: AugMeta) -> LdrClip:

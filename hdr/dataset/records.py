@@ -213,7 +213,7 @@ class AugMeta(Record):
 
     KIND: ClassVar[str] = "aug"
     FILE: ClassVar[str] = layout.AUG_JSON
-    OMIT_IF_NONE: ClassVar[tuple[str, ...]] = ("alternating",)
+    OMIT_IF_NONE: ClassVar[tuple[str, ...]] = ("alternating", "step_results")
 
     hdri_id: str
     clip_id: str
@@ -230,6 +230,7 @@ class AugMeta(Record):
     masks: dict  # over/under file patterns (printf), mode, linearisation, encoding
     format: str
     source_clip: dict
+    step_results: list[dict] | None = None  # what the preset's steps did (a codec's bitrate, frame types)
     toolkit_version: str
     created: str
     seconds: float

@@ -13,8 +13,9 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from hdr.color import REC709_LUMA, _xp, luminance, srgb_eotf
+from hdr.color import _xp, luminance, srgb_eotf
 from hdr.color import TRANSFERS as COLOR_TRANSFERS
+from hdr.degrade import curves
 
 TAU_HIGH, TAU_LOW, EMA_ALPHA = 0.95, 0.05, 0.7
 
@@ -35,28 +36,29 @@ def ema(masks, alpha: float = EMA_ALPHA):
     return xp.stack(out, 0)
 
 
-# LDR encoding -> linear light: sRGB frames (single exposure) and gamma-2.2 frames (alternating)
+# LDR encoding -> linear light: sRGB frames (single exposure), gamma-2.2 frames (alternating), and any response
+# curve of hdr.degrade.curves by its spec; 8-bit codes through the curve's exact per-code luminance table
 TRANSFERS = {name: eotf for name, (_, eotf) in COLOR_TRANSFERS.items()}
-_CODES = np.arange(256, dtype=np.float64) / 255.0
-# Rec.709 luminance contribution of every 8-bit code, per channel: Y = T[0][r] + T[1][g] + T[2][b], exactly.
-_LUMA_OF_CODE = {name: np.stack([(f(_CODES) * w).astype(np.float32) for w in REC709_LUMA])
-                 for name, f in TRANSFERS.items()}
 
 
 def linear_luminance(ldr, transfer: str = "srgb"):
     """Rec.709 luminance (..., H, W) of linearised LDR frames (..., H, W, 3); 8-bit input through exact tables."""
     xp = _xp(ldr)
     if xp.__name__ == "numpy" and ldr.dtype == np.uint8:
-        t = _LUMA_OF_CODE[transfer]
+        t = curves.luma_of_code(transfer)
         y = t[0][ldr[..., 0]]
         y += t[1][ldr[..., 1]]
         y += t[2][ldr[..., 2]]
         return y
     if xp.__name__ == "torch" and ldr.dtype == xp.uint8:
-        t = xp.as_tensor(_LUMA_OF_CODE[transfer], device=ldr.device)
+        t = xp.as_tensor(curves.luma_of_code(transfer), device=ldr.device)
         i = ldr.long()
         return t[0][i[..., 0]] + t[1][i[..., 1]] + t[2][i[..., 2]]
-    return luminance(TRANSFERS[transfer](_as_float(ldr)))
+    if transfer in TRANSFERS:
+        return luminance(TRANSFERS[transfer](_as_float(ldr)))
+    return luminance(xp.as_tensor(curves.decode(transfer, _as_float(ldr).cpu().numpy()), dtype=xp.float32,
+                                  device=ldr.device) if xp.__name__ == "torch"
+                     else curves.decode(transfer, _as_float(ldr)).astype(np.float32))
 
 
 def exposure_masks_paper(ldr, tau_high: float = TAU_HIGH, tau_low: float = TAU_LOW, alpha: float = EMA_ALPHA,

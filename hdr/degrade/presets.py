@@ -14,7 +14,8 @@ from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 
-from hdr.color import _xp, srgb_oetf, transfer_eotf
+from hdr.color import _xp, srgb_oetf
+from hdr.degrade import curves
 
 
 @dataclass(frozen=True)
@@ -37,9 +38,22 @@ class Preset:
     quantize: str = "round"  # "round" (paper) or "truncate" ((x * 255).to(uint8) in the public code)
     mask_mode: str = "paper"  # exposure masks: "paper" or "diffhdr-code" (hdr.degrade.masks.MASK_MODES)
     notes: str = ""
+    # the camera steps around the core above (hdr.degrade.steps): white balance before the noise, the response curve
+    # instead of sRGB, compression after the quantiser; each a mapping {"step": name, field: distribution, ...}
+    steps: tuple = ()
 
     def with_overrides(self, **kw) -> "Preset":
         return replace(self, **{k: v for k, v in kw.items() if v is not None})
+
+    def to_json(self) -> dict:
+        """The settings aug.json records (``steps`` only when the preset has any: the two published presets' records
+        are unchanged)."""
+        import json
+
+        d = json.loads(json.dumps(asdict(self)))
+        if not d["steps"]:
+            del d["steps"]
+        return d
 
 
 PRESETS = {
@@ -59,6 +73,98 @@ PRESETS = {
               "smoothed masks",
     ),
 }
+
+# Ours, for phone-like video: a visible heteroscedastic noise (1% std at L = 1 at most), a white-balance error, a
+# sigmoid response curve (HDRCNN's family and parameter distribution) instead of sRGB, and an H.264 round trip at a
+# sampled CRF; the masks follow the curve.
+PRESETS["realistic-video"] = Preset(
+    name="realistic-video", exposure="uniform", sigma_s_range=(0.0, 0.01), sigma_c_range=(0.0, 0.002),
+    quantize="round", mask_mode="paper",
+    steps=({"step": "white_balance", "kelvin": [4000.0, 8000.0]}, {"step": "curve", "family": "sigmoid"},
+           {"step": "video", "codec": "libx264", "crf": [20, 32], "gop": 12}),
+    notes="phone-like video: noise up to 1% at L = 1, white balance 4000-8000 K, sigmoid response curve, H.264 "
+          "CRF 20-32",
+)
+
+
+class PresetError(ValueError):
+    """A preset name, file or override that cannot be used (one line)."""
+
+
+def load_preset(name_or_path: str) -> Preset:
+    """A named preset (:data:`PRESETS`) or a YAML file of Preset fields (``name`` defaults to the file's stem;
+    ``steps`` a list of step mappings, see :mod:`hdr.degrade.steps`)."""
+    if name_or_path in PRESETS:
+        return PRESETS[name_or_path]
+    from pathlib import Path
+
+    import yaml
+
+    p = Path(name_or_path)
+    if p.suffix not in (".yaml", ".yml"):
+        raise PresetError(f"--preset {name_or_path}: not a preset ({', '.join(PRESETS)}) nor a .yaml file")
+    if not p.is_file():
+        raise PresetError(f"--preset {name_or_path}: no such file")
+    try:
+        data = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise PresetError(f"{p}: not valid YAML ({str(e).splitlines()[0]})") from None
+    if not isinstance(data, dict):
+        raise PresetError(f"{p}: a preset file is a mapping of preset fields")
+    return preset_from_json({"name": p.stem, "exposure": "uniform", **data}, str(p))
+
+
+def preset_from_json(data: dict, where: str = "preset") -> Preset:
+    """A Preset from its recorded settings (aug.json ``preset_settings``) or a preset file; unknown fields and bad
+    steps are one-line errors."""
+    from dataclasses import fields as dc_fields
+
+    from hdr.degrade.steps import StepError, check_step
+
+    known = {f.name for f in dc_fields(Preset)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise PresetError(f"{where}: unknown preset field {unknown[0]!r}; fields: {', '.join(sorted(known))}")
+    values = {k: tuple(v) if isinstance(v, list) and k != "steps" else v for k, v in data.items()}
+    steps = values.get("steps") or ()
+    try:
+        for i, s in enumerate(steps):
+            check_step(dict(s), f"{where}: steps[{i}]")
+    except StepError as e:
+        raise PresetError(str(e)) from None
+    values["steps"] = tuple(dict(s) for s in steps)
+    return Preset(**values)
+
+
+def apply_overrides(preset: Preset, pairs) -> Preset:
+    """``--set`` pairs on a preset: ``FIELD`` (a Preset field) or ``step.NAME.FIELD`` (a field of the preset's step
+    NAME, which must exist)."""
+    from dataclasses import fields as dc_fields
+
+    from hdr.degrade.steps import STEPS
+
+    known = {f.name for f in dc_fields(Preset)} - {"name", "notes", "steps"}
+    plain, steps = {}, [dict(s) for s in preset.steps]
+    for key, value in pairs:
+        parts = key.split(".")
+        if len(parts) == 3 and parts[0] in ("step", "steps"):
+            _, name, fld = parts
+            hits = [s for s in steps if s.get("step") == name]
+            if not hits:
+                raise PresetError(f"--set {key}: preset {preset.name} has no {name} step (its steps: "
+                                  f"{', '.join(s['step'] for s in steps) or 'none'})")
+            if fld not in STEPS[name]["fields"]:
+                raise PresetError(f"--set {key}: step {name} has no field {fld!r}; fields: "
+                                  f"{', '.join(STEPS[name]['fields'])}")
+            for s in hits:
+                s[fld] = value
+        elif key in known:
+            plain[key] = tuple(value) if isinstance(value, list) else value
+        else:
+            raise PresetError(f"--set {key}=...: not a preset field; expected FIELD=VALUE with FIELD one of "
+                              f"{', '.join(sorted(known))}, or step.NAME.FIELD")
+    return replace(preset.with_overrides(**plain), steps=tuple(steps))
+
 
 NOISE_FIELD = "pcg64-invcdf16/1"  # how eps is drawn (recorded in aug.json): see normal_table()
 
@@ -81,9 +187,18 @@ class Params:
     var_floor: float = 0.0
     ar1_init: str = "stationary"
     noise_field: str = NOISE_FIELD
+    transfer: str = "srgb"  # the response curve (hdr.degrade.curves spec) the quantiser encodes with
+    steps: tuple = ()  # what every extra step drew (hdr.degrade.steps), in order
 
     def to_json(self) -> dict:
-        return asdict(self)
+        d = asdict(self)
+        if d["transfer"] == "srgb":  # the published presets' records stay as they were
+            del d["transfer"]
+        if not d["steps"]:
+            del d["steps"]
+        else:
+            d["steps"] = list(d["steps"])
+        return d
 
     def has_noise(self) -> bool:
         return self.noise and (np.any(np.asarray(self.sigma_s) > 0) or np.any(np.asarray(self.sigma_c) > 0)
@@ -103,11 +218,17 @@ def sample_params(preset: Preset, seed: int) -> Params:
     sigma_c = r.uniform(*preset.sigma_c_range, size=k)
     as_json = (lambda v: [float(x) for x in v]) if k else float
     zero = [0.0] * 3 if k else 0.0
+    drawn, transfer = (), "srgb"
+    if preset.steps:  # each from its own stream: the draws above are the same with or without steps
+        from hdr.degrade.steps import sample_steps, transfer_of
+
+        drawn = tuple(sample_steps(preset.steps, seed))
+        transfer = transfer_of(list(drawn))
     return Params(preset=preset.name, seed=int(seed), exposure_stops=stops, noise=noise,
                   sigma_s=as_json(sigma_s) if noise else zero, sigma_c=as_json(sigma_c) if noise else zero,
                   rho=preset.rho, noise_scale=preset.noise_scale, quantize=preset.quantize,
                   noise_strength=preset.noise_strength, var_floor=preset.var_floor if noise else 0.0,
-                  ar1_init=preset.ar1_init)
+                  ar1_init=preset.ar1_init, transfer=transfer, steps=drawn)
 
 
 @functools.lru_cache(maxsize=1)
@@ -226,7 +347,7 @@ def _code_thresholds(transfer: str, mode: str) -> np.ndarray:
     to linear light in float64 through the encoding's exact inverse."""
     k = np.arange(255, dtype=np.float64)
     edges = (k + 0.5) / 255.0 if mode == "round" else (k + 1.0) / 255.0
-    return np.asarray(transfer_eotf(transfer)(edges), np.float64).astype(np.float32)
+    return np.asarray(curves.decode(transfer, edges), np.float64).astype(np.float32)
 
 
 def _bucket_table(t: np.ndarray) -> np.ndarray:
@@ -249,7 +370,11 @@ def _tables(transfer: str, mode: str):
     key = (transfer, mode)
     if key not in _TABLES:
         t = _code_thresholds(transfer, mode)
-        _TABLES[key] = (_bucket_table(t), np.append(t, np.float32(np.inf)).astype(np.float32))
+        try:
+            buckets = _bucket_table(t)
+        except AssertionError:  # a curve steeper than the buckets resolve: a binary search per value instead
+            buckets = None
+        _TABLES[key] = (buckets, np.append(t, np.float32(np.inf)).astype(np.float32))
     return _TABLES[key]
 
 
@@ -261,6 +386,12 @@ def linear_to_ldr8(lin, mode: str = "round", transfer: str = "srgb"):
     it (checked when the table is built), which one comparison settles. Identical on numpy and torch."""
     xp = _xp(lin)
     buckets, nxt = _tables(transfer, mode)
+    if buckets is None:
+        if xp.__name__ == "torch":
+            x = lin.float().clamp(0.0, 1.0).contiguous()
+            return xp.searchsorted(xp.as_tensor(nxt[:-1], device=x.device), x, right=True).to(xp.uint8)
+        x = np.clip(lin, 0.0, 1.0).astype(np.float32, copy=False)
+        return np.searchsorted(nxt[:-1], x, side="right").astype(np.uint8)
     if xp.__name__ == "torch":
         x = lin.float().clamp(0.0, 1.0).contiguous()
         table = xp.as_tensor(buckets, device=x.device).long()
@@ -309,7 +440,7 @@ def degrade(hdr, params: Params, return_linear: bool = False):
                               params.var_floor)
                 n *= eps[r : r + rows]
                 lin += n
-            out[t, r : r + rows] = linear_to_srgb8(lin, params.quantize)
+            out[t, r : r + rows] = linear_to_ldr8(lin, params.quantize, params.transfer)
             if return_linear:
                 lin_out[t, r : r + rows] = lin
     return out, lin_out
@@ -323,7 +454,7 @@ def degrade_torch(hdr, params: Params, return_linear: bool = False):
     out = torch.empty(tuple(hdr.shape), dtype=torch.uint8, device=hdr.device)
     lins = []
     for t, lin in enumerate(noisy_frames((frame * gain for frame in hdr), hdr.shape, params, like=hdr)):
-        out[t] = linear_to_srgb8(lin, params.quantize)
+        out[t] = linear_to_ldr8(lin, params.quantize, params.transfer)
         if return_linear:
             lins.append(lin)
     return out, (torch.stack(lins) if return_linear else None)

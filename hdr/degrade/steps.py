@@ -1,0 +1,246 @@
+"""Camera steps around the core degradation (exposure -> noise -> curve -> 8-bit, :mod:`hdr.degrade.presets`).
+
+A preset's ``steps`` is an ordered list of mappings ``{"step": NAME, FIELD: DISTRIBUTION, ...}``; a field's value is
+a constant, ``[lo, hi]`` (uniform; integers for integer fields), ``{"choice": [...]}`` or ``{"mean": m, "std": s,
+"min": lo, "max": hi}`` (a clipped normal). :func:`sample_steps` draws every field of every step from its own
+PCG64 stream (``[seed, 2, index]``: the core's draws are untouched, so adding a step never changes them) and
+returns what was drawn (recorded in aug.json ``params.steps``); :func:`apply_linear` and :func:`apply_ldr` apply
+them. The stages of a step say where a camera has it:
+
+    white_balance  linear, before the noise  per-channel gains of a sampled colour temperature against D65
+    curve          the encoding              the response curve the quantiser and the masks use (hdr.degrade.curves)
+    jpeg           after the quantiser       JPEG per frame (Pillow; quality, 4:2:0 chroma)
+    video          after the quantiser       a real codec round trip (PyAV: libx264, libx265 if the wheel has it;
+                                             CRF, yuv420p, GOP), decoded back; records the achieved bitrate
+"""
+from __future__ import annotations
+
+import io
+import math
+
+import numpy as np
+
+from hdr.degrade import curves
+
+# field -> default distribution, per step; the stage says where it runs
+STEPS: dict[str, dict] = {
+    "white_balance": {"stage": "linear", "fields": {"probability": 1.0, "kelvin": [3500.0, 9000.0]}},
+    "curve": {"stage": "encode", "fields": {
+        "family": "sigmoid",  # sigmoid | gamma | file
+        "n": {"mean": 0.9, "std": 0.1, "min": 0.5, "max": 1.5},  # HDRCNN's virtual camera: n ~ N(0.9, 0.1)
+        "a": {"mean": 0.6, "std": 0.1, "min": 0.2, "max": 1.2},  #                           a ~ N(0.6, 0.1)
+        "gamma": [1.8, 2.6],
+        "file": None,  # family file: a measured curve the user supplies (DoRF dorfCurves.txt or x y columns)
+    }},
+    "jpeg": {"stage": "ldr", "fields": {"probability": 1.0, "quality": [30, 100]}},
+    "video": {"stage": "ldr", "fields": {"codec": "libx264", "crf": [18, 32], "gop": 12, "preset": "medium",
+                                         "fps": 24}},
+}
+INT_FIELDS = {"quality", "crf", "gop", "fps"}
+
+
+class StepError(ValueError):
+    """A step configuration that cannot be used (one line naming the step and the field)."""
+
+
+def check_step(cfg: dict, where: str = "steps") -> dict:
+    """A step mapping with its defaults filled in; StepError on an unknown step or field."""
+    if not isinstance(cfg, dict) or "step" not in cfg:
+        raise StepError(f"{where}: each step is a mapping with a 'step' key (one of {', '.join(STEPS)})")
+    name = cfg["step"]
+    if name not in STEPS:
+        raise StepError(f"{where}: unknown step {name!r}; known: {', '.join(STEPS)}")
+    fields = STEPS[name]["fields"]
+    unknown = [k for k in cfg if k != "step" and k not in fields]
+    if unknown:
+        raise StepError(f"{where}.{name}: unknown field {unknown[0]!r}; fields: {', '.join(fields)}")
+    return {"step": name, **fields, **{k: v for k, v in cfg.items() if k != "step"}}
+
+
+def _draw(r: np.random.Generator, spec, integer: bool):
+    if isinstance(spec, dict) and "choice" in spec:
+        return spec["choice"][int(r.integers(len(spec["choice"])))]
+    if isinstance(spec, dict) and "mean" in spec:
+        v = float(r.normal(spec["mean"], spec["std"]))
+        return float(min(max(v, spec.get("min", -math.inf)), spec.get("max", math.inf)))
+    if isinstance(spec, (list, tuple)) and len(spec) == 2 and all(isinstance(v, (int, float)) for v in spec):
+        return int(r.integers(int(spec[0]), int(spec[1]) + 1)) if integer else float(r.uniform(spec[0], spec[1]))
+    return spec
+
+
+def sample_steps(steps, seed: int) -> list[dict]:
+    """Draw every step's fields (each step from its own stream); the records aug.json keeps."""
+    out = []
+    for i, cfg in enumerate(steps):
+        cfg = check_step(dict(cfg), f"steps[{i}]")
+        r = np.random.default_rng([int(seed), 2, i])
+        drawn = {"step": cfg["step"]}
+        for k, v in cfg.items():
+            if k != "step":
+                drawn[k] = _draw(r, v, k in INT_FIELDS)
+        if "probability" in drawn:
+            drawn["applied"] = bool(r.random() < float(drawn.pop("probability")))
+        if cfg["step"] == "white_balance":
+            drawn["gains"] = white_balance_gains(drawn["kelvin"])
+        if cfg["step"] == "curve":
+            drawn = {"step": "curve", "family": drawn["family"], "transfer": _curve_spec(drawn),
+                     **({"file": drawn["file"]} if drawn["family"] == "file" else {})}
+        out.append(drawn)
+    return out
+
+
+def _curve_spec(d: dict) -> str:
+    if d["family"] == "sigmoid":
+        return curves.sigmoid_spec(d["n"], d["a"])
+    if d["family"] == "gamma":
+        return curves.gamma_spec(d["gamma"])
+    if d["family"] == "file":
+        if not d.get("file"):
+            raise StepError("steps.curve: family file needs file: PATH (measured curves such as DoRF cannot be "
+                            "shipped; --set step.curve.file=PATH)")
+        return curves.load_curve_file(d["file"])
+    raise StepError(f"steps.curve.family: {d['family']!r}; expected sigmoid, gamma or file")
+
+
+def transfer_of(drawn: list[dict], default: str = "srgb") -> str:
+    """The response curve of a clip: its curve step's, else ``default``; a measured curve is re-loaded from its
+    recorded file (so an aug.json re-makes its frames on another machine that has the file)."""
+    for d in drawn:
+        if d["step"] == "curve":
+            if d["transfer"].startswith("table:"):
+                spec = curves.load_curve_file(d["file"])
+                if spec != d["transfer"]:
+                    raise StepError(f"{d['file']}: this curve file is not the one recorded ({d['transfer']})")
+            return d["transfer"]
+    return default
+
+
+# --- white balance -----------------------------------------------------------------------------------------------
+_XYZ_TO_REC709 = np.array([[3.2404542, -1.5371385, -0.4985314],
+                           [-0.9692660, 1.8760108, 0.0415560],
+                           [0.0556434, -0.2040259, 1.0572252]])
+
+
+def planckian_xy(kelvin: float) -> tuple[float, float]:
+    """CIE 1931 chromaticity of a blackbody (Kim et al.'s cubic fit of the Planckian locus, 1667-25000 K)."""
+    t = float(min(max(kelvin, 1667.0), 25000.0))
+    if t <= 4000:
+        x = -0.2661239e9 / t**3 - 0.2343589e6 / t**2 + 0.8776956e3 / t + 0.179910
+    else:
+        x = -3.0258469e9 / t**3 + 2.1070379e6 / t**2 + 0.2226347e3 / t + 0.240390
+    if t <= 2222:
+        y = -1.1063814 * x**3 - 1.34811020 * x**2 + 2.18555832 * x - 0.20219683
+    elif t <= 4000:
+        y = -0.9549476 * x**3 - 1.37418593 * x**2 + 2.09137015 * x - 0.16748867
+    else:
+        y = 3.0817580 * x**3 - 5.87338670 * x**2 + 3.75112997 * x - 0.37001483
+    return x, y
+
+
+def illuminant_rgb(kelvin: float) -> np.ndarray:
+    """Linear Rec.709 RGB of a blackbody of luminance 1."""
+    x, y = planckian_xy(kelvin)
+    xyz = np.array([x / y, 1.0, (1.0 - x - y) / y])
+    return _XYZ_TO_REC709 @ xyz
+
+
+def white_balance_gains(kelvin: float, reference: float = 6504.0) -> list[float]:
+    """Channel gains that turn a scene lit at ``reference`` into one lit at ``kelvin`` (a camera balanced for the
+    wrong light), normalised to Rec.709 luminance 1: warm below the reference (R up, B down), cool above."""
+    g = illuminant_rgb(kelvin) / illuminant_rgb(reference)
+    g = g / float(np.dot([0.2126, 0.7152, 0.0722], g))
+    return [float(v) for v in g]
+
+
+def apply_linear(hdr, drawn: list[dict]):
+    """The linear-light steps (before the noise): white balance."""
+    for d in drawn:
+        if d["step"] == "white_balance" and d.get("applied", True):
+            g = np.asarray(d["gains"], np.float32)
+            if type(hdr).__module__.startswith("torch"):
+                import torch
+
+                hdr = hdr * torch.as_tensor(g, device=hdr.device)
+            else:
+                hdr = hdr * g
+    return hdr
+
+
+# --- compression -------------------------------------------------------------------------------------------------
+def jpeg_roundtrip(frames: np.ndarray, quality: int) -> np.ndarray:
+    """Every uint8 frame (T, H, W, 3) through JPEG at ``quality`` (Pillow, 4:2:0) and back."""
+    from PIL import Image
+
+    out = np.empty_like(frames)
+    for t, f in enumerate(frames):
+        buf = io.BytesIO()
+        Image.fromarray(f).save(buf, format="JPEG", quality=int(quality), subsampling=2, optimize=False)
+        out[t] = np.asarray(Image.open(io.BytesIO(buf.getvalue())).convert("RGB"))
+    return out
+
+
+_PICT_TYPES = {1: "I", 2: "P", 3: "B", 4: "S", 5: "SI", 6: "SP", 7: "BI"}  # FFmpeg's AVPictureType
+
+
+def video_codecs() -> list[str]:
+    import av
+
+    return [c for c in ("libx264", "libx265") if c in av.codecs_available]
+
+
+def video_roundtrip(frames: np.ndarray, codec: str = "libx264", crf: int = 23, gop: int = 12, preset: str = "medium",
+                    fps: int = 24) -> tuple[np.ndarray, dict]:
+    """uint8 frames (T, H, W, 3) through a real encoder (PyAV, yuv420p, one thread: the same bytes every run) and
+    its decoder; odd sizes are edge-padded to even and cropped back. Returns (frames, what the codec did)."""
+    import av
+
+    if codec not in av.codecs_available:
+        raise StepError(f"steps.video.codec: {codec} is not in this PyAV build (it has: {', '.join(video_codecs())})")
+    t, h, w, _ = frames.shape
+    ph, pw = h + h % 2, w + w % 2
+    padded = np.pad(frames, ((0, 0), (0, ph - h), (0, pw - w), (0, 0)), mode="edge")
+    buf = io.BytesIO()
+    with av.open(buf, "w", format="mp4") as container:
+        stream = container.add_stream(codec, rate=int(fps))
+        stream.width, stream.height, stream.pix_fmt = pw, ph, "yuv420p"
+        stream.thread_count = 1
+        opts = {"crf": str(int(crf)), "preset": str(preset), "g": str(int(gop))}
+        if codec == "libx264":
+            opts["x264-params"] = "threads=1:sliced-threads=0"
+        elif codec == "libx265":
+            opts["x265-params"] = f"pools=none:frame-threads=1:log-level=error:keyint={int(gop)}"
+        stream.options = opts
+        for f in padded:
+            for packet in stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(f), format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    data = buf.getvalue()
+    decoded, kinds = [], []
+    with av.open(io.BytesIO(data), "r") as container:
+        for frame in container.decode(video=0):
+            decoded.append(frame.to_ndarray(format="rgb24")[:h, :w])
+            kinds.append(_PICT_TYPES.get(int(frame.pict_type), str(frame.pict_type)))
+    if len(decoded) != t:
+        raise StepError(f"steps.video: the {codec} round trip returned {len(decoded)} frames for {t}")
+    info = {"bytes": len(data), "bitrate_kbps": round(8.0 * len(data) * fps / t / 1000.0, 3), "frame_types": kinds}
+    return np.stack(decoded), info
+
+
+def apply_ldr(frames, drawn: list[dict]) -> tuple[object, list[dict]]:
+    """The steps after the quantiser (JPEG, video) on uint8 frames (numpy; torch tensors go through the CPU: the
+    codecs exist only there). Returns (frames, per-step results such as the achieved bitrate)."""
+    results = []
+    torch_like = type(frames).__module__.startswith("torch")
+    x = frames.cpu().numpy() if torch_like else frames
+    for d in drawn:
+        if d["step"] == "jpeg" and d.get("applied", True):
+            x = jpeg_roundtrip(x, d["quality"])
+        elif d["step"] == "video":
+            x, info = video_roundtrip(x, d["codec"], d["crf"], d["gop"], d["preset"], d["fps"])
+            results.append({"step": "video", **info})
+    if torch_like:
+        import torch
+
+        x = torch.from_numpy(np.ascontiguousarray(x)).to(frames.device)
+    return x, results
