@@ -134,6 +134,23 @@ def apply_set(cfg: dict, pairs, *, flag: str = "--set") -> dict:
     return cfg
 
 
+def load_yaml_mapping(path, *, error: type[Exception] = CliError, what: str = "a config"):
+    """The mapping in a YAML file; ``error`` (one line naming the file) if it is missing, not YAML or not a
+    mapping. An empty file is an empty mapping."""
+    from pathlib import Path
+
+    p = Path(path)
+    if not p.is_file():
+        raise error(f"{path}: {what.removeprefix('a ')} file not found")
+    try:
+        data = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise error(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
+    if not isinstance(data, dict):
+        raise error(f"{path}: {what} must be a YAML mapping, got {type(data).__name__}")
+    return data
+
+
 # --- argument groups ---------------------------------------------------------------------------------------------
 def add_root(p, *, required: bool = True, default: str | None = None, aliases: tuple[str, ...] = (),
              help: str = "dataset root: local folder or URL (s3://, gs://, ...)") -> None:

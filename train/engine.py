@@ -67,7 +67,7 @@ from typing import Any, Protocol, runtime_checkable
 import torch
 import yaml
 
-from hdr.cli import CliError, apply_set, parse_set
+from hdr.cli import CliError, apply_set, load_yaml_mapping, parse_set
 from hdr.cli import resolve_device as _resolve_device
 from hdr.dataset.records import KINDS
 from hdr.seeding import derive_seed
@@ -348,15 +348,7 @@ def load_config(path: str | os.PathLike | None, overrides: list[str] | None = No
     one parser, :func:`hdr.cli.parse_set`)."""
     cfg: dict = {}
     if path is not None:
-        p = Path(path)
-        if not p.is_file():
-            raise TrainError(f"{path}: config file not found")
-        try:
-            cfg = yaml.safe_load(p.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise TrainError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
-        if not isinstance(cfg, dict):
-            raise TrainError(f"{path}: a config must be a YAML mapping, got {type(cfg).__name__}")
+        cfg = load_yaml_mapping(path, error=TrainError, what="a config")
     try:
         apply_set(cfg, parse_set(overrides))
     except CliError as e:

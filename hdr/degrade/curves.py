@@ -107,7 +107,8 @@ def luma_of_code(spec: str) -> np.ndarray:
 def _read_curve_file(path: Path) -> tuple[np.ndarray, np.ndarray]:
     text = path.read_text(errors="replace")
     lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
-    if any(ln.startswith("I =") or ln == "I" for ln in lines) and any(ln.startswith("B =") or ln == "B" for ln in lines):
+    has = {tag: any(ln.startswith(f"{tag} =") for ln in lines) for tag in ("I", "B")}
+    if has["I"] and has["B"]:
         # DoRF (CAVE dorfCurves.txt): blocks of name / graph / "I =" values / "B =" values; the first curve is used
         def block(tag):
             i = next(k for k, ln in enumerate(lines) if ln.startswith(tag))

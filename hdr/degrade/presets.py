@@ -98,19 +98,12 @@ def load_preset(name_or_path: str) -> Preset:
         return PRESETS[name_or_path]
     from pathlib import Path
 
-    import yaml
+    from hdr.cli import load_yaml_mapping
 
     p = Path(name_or_path)
     if p.suffix not in (".yaml", ".yml"):
         raise PresetError(f"--preset {name_or_path}: not a preset ({', '.join(PRESETS)}) nor a .yaml file")
-    if not p.is_file():
-        raise PresetError(f"--preset {name_or_path}: no such file")
-    try:
-        data = yaml.safe_load(p.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise PresetError(f"{p}: not valid YAML ({str(e).splitlines()[0]})") from None
-    if not isinstance(data, dict):
-        raise PresetError(f"{p}: a preset file is a mapping of preset fields")
+    data = load_yaml_mapping(p, error=PresetError, what="a preset")
     return preset_from_json({"name": p.stem, "exposure": "uniform", **data}, str(p))
 
 
