@@ -166,3 +166,31 @@ def test_realistic_video_through_augment_is_remade_bit_for_bit(tmp_path):
     on_the_fly = make_ldr(hdr, "single", PRESETS["realistic-video"], sample_params(PRESETS["realistic-video"], 1))
     assert on_the_fly.transfer.startswith("sigmoid:") and on_the_fly.step_results[0]["step"] == "video"
     json.dumps(aug.to_json())
+
+
+@pytest.mark.parametrize("operator", ["exposure", "reinhard", "mantiuk", "drago"])
+def test_tone_mapping_operators_keep_the_order_of_radiance_and_use_the_range(operator):
+    from dataclasses import replace
+
+    r = np.random.default_rng(1)
+    lum = (r.random((2, 24, 32)) ** 3 * 100).astype(np.float32)
+    hdr = np.repeat(lum[..., None], 3, axis=-1) * np.float32([1.0, 0.9, 0.8])
+    preset = replace(PRESETS["expandnet"], steps=({"step": "tmo", "operator": operator},))
+    params = sample_params(preset, 4)
+    made = make_ldr(hdr, "single", preset, params)
+    assert made.frames.min() == 0 and made.frames.max() >= 250  # mapped to the whole range
+    assert made.transfer == curves.gamma_spec(params.steps[0]["gamma"]) and 1.8 <= params.steps[0]["gamma"] <= 2.2
+    g = made.frames[..., 1].astype(np.float64).ravel()
+    order = np.argsort(lum.ravel())
+    rank = np.corrcoef(np.argsort(np.argsort(lum.ravel())), np.argsort(np.argsort(g + 1e-6 * order)))[0, 1]
+    assert rank > 0.9, rank  # a brighter scene point is a brighter code
+    assert np.array_equal(made.frames, make_ldr(hdr, "single", preset, params).frames)
+
+
+def test_expandnet_draws_one_operator_per_clip_with_its_ranges():
+    ops = [sample_params(PRESETS["expandnet"], s).steps[0] for s in range(200)]
+    assert {o["operator"] for o in ops} == {"exposure", "reinhard", "mantiuk", "drago"}
+    assert all(0.65 <= o["scale"] <= 0.85 for o in ops if o["operator"] == "mantiuk")
+    assert all(-1 <= o["intensity"] <= 1 and 0.8 <= o["light_adapt"] <= 1 for o in ops if o["operator"] == "reinhard")
+    p = sample_params(PRESETS["expandnet"], 0)
+    assert p.exposure_stops == 0.0 and not p.noise

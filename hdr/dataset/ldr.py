@@ -16,7 +16,9 @@ from hdr.dataset.records import KINDS, AugMeta
 from hdr.degrade.alternating import GAMMA, TRANSFER as ALT_TRANSFER, alternating_evs, alternating_ldr
 from hdr.degrade.masks import exposure_masks
 from hdr.degrade.presets import PRESETS, Params, Preset, degrade, preset_from_json
-from hdr.degrade.steps import apply_ldr, apply_linear
+import numpy as np
+
+from hdr.degrade.steps import apply_ldr, apply_linear, tmo_of, tone_map
 
 
 def check_kind(kind: str) -> str:
@@ -75,7 +77,20 @@ def make_ldr(hdr, kind: str, preset: Preset, params: Params, start: int = 0) -> 
         frames, exposures = alternating_ldr(hdr, evs, params)
         alternating = {"n_exposures": n, "ev": evs, "exposure": exposures, "gamma": GAMMA}
     else:
-        frames, _ = degrade(hdr, params)
+        tmo = tmo_of(list(params.steps)) if params.steps else None
+        if tmo is None:
+            frames, _ = degrade(hdr, params)
+        else:  # a tone-mapping operator on the noisy exposed radiance replaces the curve (CPU: OpenCV)
+            _, lin = degrade(hdr, params, return_linear=True)
+            torch_like = type(lin).__module__.startswith("torch")
+            display = tone_map(lin.cpu().numpy() if torch_like else lin, tmo)
+            scaled = display * 255.0
+            frames = (np.floor(scaled) if params.quantize == "truncate" else np.round(scaled)).clip(0, 255)
+            frames = frames.astype(np.uint8)
+            if torch_like:
+                import torch
+
+                frames = torch.from_numpy(frames).to(hdr.device)
         exposures = [1.0] * len(hdr)
     if params.steps:
         frames, step_results = apply_ldr(frames, list(params.steps))

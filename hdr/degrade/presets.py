@@ -86,6 +86,15 @@ PRESETS["realistic-video"] = Preset(
           "CRF 20-32",
 )
 
+# dmarnerides/hdr-expandnet (util.py random_tone_map): no exposure shift and no noise; one tone-mapping operator per
+# clip drawn from exposure (percentile clipping), Reinhard, Mantiuk, Drago with its parameter ranges, output mapped
+# to [0, 1] (here by the clip's min and max, ExpandNet maps per image), 8 bit.
+PRESETS["expandnet"] = Preset(
+    name="expandnet", exposure="choice", exposure_choices=(0.0,), noise_probability=0.0, quantize="round",
+    mask_mode="paper", steps=({"step": "tmo"},),
+    notes="ExpandNet's training LDR (dmarnerides/hdr-expandnet): a random tone-mapping operator per clip, no noise",
+)
+
 
 class PresetError(ValueError):
     """A preset name, file or override that cannot be used (one line)."""

@@ -9,6 +9,8 @@ them. The stages of a step say where a camera has it:
 
     white_balance  linear, before the noise  per-channel gains of a sampled colour temperature against D65
     curve          the encoding              the response curve the quantiser and the masks use (hdr.degrade.curves)
+    tmo            the encoding              a tone-mapping operator instead of a curve (OpenCV's Reinhard, Drago,
+                                             Mantiuk, or percentile exposure; ExpandNet's random TMO per clip)
     jpeg           after the quantiser       JPEG per frame (Pillow; quality, 4:2:0 chroma)
     video          after the quantiser       a real codec round trip (PyAV: libx264, libx265 if the wheel has it;
                                              CRF, yuv420p, GOP), decoded back; records the achieved bitrate
@@ -31,6 +33,16 @@ STEPS: dict[str, dict] = {
         "a": {"mean": 0.6, "std": 0.1, "min": 0.2, "max": 1.2},  #                           a ~ N(0.6, 0.1)
         "gamma": [1.8, 2.6],
         "file": None,  # family file: a measured curve the user supplies (DoRF dorfCurves.txt or x y columns)
+    }},
+    # dmarnerides/hdr-expandnet util.py (random_tone_map, TRAIN_TMO_DICT with randomize=True): one operator per clip,
+    # gamma U(1.8, 2.2) and each operator's ranges; the output is mapped to [0, 1] by its min and max
+    "tmo": {"stage": "encode", "fields": {
+        "operator": {"choice": ["exposure", "reinhard", "mantiuk", "drago"]},
+        "gamma": [1.8, 2.2],
+        "low_percentile": [0.0, 15.0], "high_percentile": [85.0, 100.0],  # exposure (percentile clipping)
+        "intensity": [-1.0, 1.0], "light_adapt": [0.8, 1.0], "color_adapt": [0.0, 0.2],  # reinhard
+        "scale": [0.65, 0.85],  # mantiuk
+        "bias": [0.7, 0.9],  # drago
     }},
     "jpeg": {"stage": "ldr", "fields": {"probability": 1.0, "quality": [30, 100]}},
     "video": {"stage": "ldr", "fields": {"codec": "libx264", "crf": [18, 32], "gop": 12, "preset": "medium",
@@ -82,6 +94,13 @@ def sample_steps(steps, seed: int) -> list[dict]:
             drawn["applied"] = bool(r.random() < float(drawn.pop("probability")))
         if cfg["step"] == "white_balance":
             drawn["gains"] = white_balance_gains(drawn["kelvin"])
+        if cfg["step"] == "tmo":
+            keep = {"exposure": ("low_percentile", "high_percentile"), "reinhard": ("intensity", "light_adapt",
+                    "color_adapt"), "mantiuk": ("scale",), "drago": ("bias",)}
+            if drawn["operator"] not in keep:
+                raise StepError(f"steps.tmo.operator: {drawn['operator']!r}; expected one of {', '.join(keep)}")
+            drawn = {"step": "tmo", "operator": drawn["operator"], "gamma": drawn["gamma"],
+                     **{k: drawn[k] for k in keep[drawn["operator"]]}}
         if cfg["step"] == "curve":
             drawn = {"step": "curve", "family": drawn["family"], "transfer": _curve_spec(drawn),
                      **({"file": drawn["file"]} if drawn["family"] == "file" else {})}
@@ -103,9 +122,11 @@ def _curve_spec(d: dict) -> str:
 
 
 def transfer_of(drawn: list[dict], default: str = "srgb") -> str:
-    """The response curve of a clip: its curve step's, else ``default``; a measured curve is re-loaded from its
-    recorded file (so an aug.json re-makes its frames on another machine that has the file)."""
+    """The response curve of a clip: its curve step's (a TMO's display gamma), else ``default``; a measured curve is
+    re-loaded from its recorded file (so an aug.json re-makes its frames on another machine that has the file)."""
     for d in drawn:
+        if d["step"] == "tmo":
+            return curves.gamma_spec(d["gamma"])
         if d["step"] == "curve":
             if d["transfer"].startswith("table:"):
                 spec = curves.load_curve_file(d["file"])
@@ -164,6 +185,40 @@ def apply_linear(hdr, drawn: list[dict]):
             else:
                 hdr = hdr * g
     return hdr
+
+
+# --- tone mapping ------------------------------------------------------------------------------------------------
+def tmo_of(drawn: list[dict]) -> dict | None:
+    return next((d for d in drawn if d["step"] == "tmo"), None)
+
+
+def tone_map(lin: np.ndarray, d: dict) -> np.ndarray:
+    """Linear frames (T, H, W, 3) -> display values in [0, 1] by the drawn operator, mapped to [0, 1] by the clip's
+    min and max (one mapping for the whole clip, so the operator does not flicker more than it does itself)."""
+    import cv2
+
+    g = float(d["gamma"])
+    x = np.ascontiguousarray(np.maximum(lin, 0.0), dtype=np.float32)
+    if d["operator"] == "exposure":
+        low, high = np.percentile(x, (d["low_percentile"], d["high_percentile"]))
+        y = np.clip(x, low, high)
+        y = _map_range(y) ** (1.0 / g)
+        return y.astype(np.float32)
+    if d["operator"] == "reinhard":
+        op = cv2.createTonemapReinhard(gamma=g, intensity=float(d["intensity"]), light_adapt=float(d["light_adapt"]),
+                                       color_adapt=float(d["color_adapt"]))
+    elif d["operator"] == "mantiuk":
+        op = cv2.createTonemapMantiuk(gamma=g, scale=float(d["scale"]), saturation=1.0)
+    else:
+        op = cv2.createTonemapDrago(gamma=g, saturation=1.0, bias=float(d["bias"]))
+    # OpenCV's operators take BGR (their luminance weights are BGR-ordered)
+    out = np.stack([op.process(np.ascontiguousarray(f[..., ::-1]))[..., ::-1] for f in x])
+    return _map_range(np.nan_to_num(out, nan=0.0, posinf=1.0, neginf=0.0)).astype(np.float32)
+
+
+def _map_range(x: np.ndarray) -> np.ndarray:
+    lo, hi = float(x.min()), float(x.max())
+    return (x - lo) / (hi - lo) if hi > lo else np.zeros_like(x)
 
 
 # --- compression -------------------------------------------------------------------------------------------------
