@@ -70,19 +70,19 @@ def _clip_assets(m: Manifest, c: ClipRecord, out: Path, width: int) -> dict:
     y = luminance(frames)
     logy = np.log2(np.maximum(y, 2.0 ** (HIST_RANGE[0] - 1)))
     counts, _ = np.histogram(logy, bins=int(HIST_RANGE[1] - HIST_RANGE[0]), range=HIST_RANGE)
-    ldr = None
-    single = c.aug("single") or c.augs
-    if single:
-        a = single[0]
+    ldr = []  # the middle frame of the first augmentation of every preset (single) and kind (alt), side by side
+    first: dict[tuple, object] = {}
+    for a in c.augs:
+        first.setdefault((a.kind, a.preset if a.kind == "single" else ""), a)
+    for a in first.values():
         rel = a.frames[c.n_frames // 2]
         try:
             img = decode_ldr(m.read_bytes(rel), rel, color=True)
         except LdrImageError:
-            img = None  # the report shows the clip without its LDR thumbnail
-        if img is not None:
-            ldr = f"thumbs/{_slug(c.key)}_ldr.png"
-            write_png(out / ldr, _resize(img, width))
-            ldr = (a.aug_id, ldr)
+            continue  # the report shows the clip without this LDR thumbnail
+        name = f"thumbs/{_slug(c.key)}_ldr_{_slug(a.aug_id)}.png"
+        write_png(out / name, _resize(img, width))
+        ldr.append((a.aug_id, name))
     return {"thumbs": thumbs, "hist": counts, "scale": scale, "ldr": ldr,
             "measured_dr": float(np.log2(max(np.percentile(y, 99.9), 1e-9) / max(np.percentile(y, 0.1), 1e-9)))}
 
@@ -205,9 +205,9 @@ def write_report(m: Manifest, out: str | None = None, thumb_width: int = 160, pr
         for clip, a in items:
             figs = "".join(f'<figure><img src="{e(src)}" width="{thumb_width}" alt="{e(clip.key)} frame {i}">'
                            f"frame {i}</figure>" for i, src in a["thumbs"])
-            if a["ldr"]:
-                figs += (f'<figure><img src="{e(a["ldr"][1])}" width="{thumb_width}" alt="{e(clip.key)} LDR">'
-                         f"LDR {e(a['ldr'][0])}</figure>")
+            for aug_id, src in a["ldr"]:
+                figs += (f'<figure><img src="{e(src)}" width="{thumb_width}" alt="{e(clip.key)} LDR {e(aug_id)}">'
+                         f"LDR {e(aug_id)}</figure>")
             dr_txt = f"{clip.dr_stops:.1f}" if clip.dr_stops is not None else "n/a"
             cap = (f'<div class="caption">{e(clip.caption)}</div>' if clip.caption
                    else '<div class="k">no caption</div>')

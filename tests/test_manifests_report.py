@@ -50,7 +50,7 @@ def test_report_renders_in_headless_chromium_without_console_errors(tiny_dataset
     assert res["errors"] == [], res["errors"]
     assert res["title"] == "Dataset report v0001"
     p = res["probes"]
-    assert p["images"] == 6 * 4 and p["loaded"] is True and p["sections"] == 3  # 3 frames + 1 LDR per clip
+    assert p["images"] == 6 * 5 and p["loaded"] is True and p["sections"] == 3  # 3 frames + paper + alt3 LDR
     assert p["caption"] == "[overexposed: the <b>sun</b> & sky]; [underexposed: a dark </div> field]"  # escaped
     assert p["filtered"] == "1"
     img = cv2.imread(str(shot))
