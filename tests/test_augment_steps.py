@@ -194,3 +194,17 @@ def test_expandnet_draws_one_operator_per_clip_with_its_ranges():
     assert all(-1 <= o["intensity"] <= 1 and 0.8 <= o["light_adapt"] <= 1 for o in ops if o["operator"] == "reinhard")
     p = sample_params(PRESETS["expandnet"], 0)
     assert p.exposure_stops == 0.0 and not p.noise
+
+
+def test_the_diffhdr_window_masks_linearise_with_the_windows_curve():
+    """The trainer's recomputed masks use the curve the window was made with (recorded in the item's params): code
+    250 is over-exposed (linear > 0.95) through sRGB (0.956) and not through the sigmoid curve (0.944)."""
+    import torch
+
+    from train.diffhdr.task import recompute_masks
+
+    code = torch.full((2, 3, 4, 4), 250 / 255.0)
+    assert curves.decode("srgb", np.array([250 / 255]))[0] > 0.95 > curves.decode("sigmoid:0.9:0.6",
+                                                                                  np.array([250 / 255]))[0]
+    assert recompute_masks(code, "paper", 1.0)["over"].min() == 1.0
+    assert recompute_masks(code, "paper", 1.0, transfer="sigmoid:0.9:0.6")["over"].max() == 0.0

@@ -343,14 +343,15 @@ def control_video(item: dict, d: dict, gray_over: bool, text_to_hdr: bool, devic
     return C.ldr_to_unit(srgb, m=m, g=g), vace_mask(over_s, under_s, d.get("mask_values", "soft"))
 
 
-def recompute_masks(ldr: torch.Tensor, mode: str, alpha: float = EMA_ALPHA) -> dict:
-    """Exposure masks of an 8-bit sRGB window (T, 3, H, W) in [0, 1] by the augment library's named mode
+def recompute_masks(ldr: torch.Tensor, mode: str, alpha: float = EMA_ALPHA, transfer: str = "srgb") -> dict:
+    """Exposure masks of an 8-bit window (T, 3, H, W) in [0, 1] by the degradation library's named mode
     (``hdr.degrade.masks.exposure_masks``) with EMA weight ``alpha`` (eq. 6; the EMA starts at the window's first
-    frame), as {"over", "under"} (T, 1, H, W)."""
+    frame), linearised with ``transfer`` (sRGB, or the response curve the window was made with), as {"over",
+    "under"} (T, 1, H, W)."""
     from hdr.degrade.masks import exposure_masks
 
     u8 = (ldr.detach().float().cpu() * 255.0).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
-    over, under = exposure_masks(u8, mode=mode, alpha=float(alpha))
+    over, under = exposure_masks(u8, mode=mode, transfer=transfer, alpha=float(alpha))
     return {"over": torch.as_tensor(over, dtype=torch.float32)[:, None],
             "under": torch.as_tensor(under, dtype=torch.float32)[:, None]}
 
@@ -364,12 +365,13 @@ def mask_mode_of(d: dict) -> str:
     return PRESETS[d["preset"]].mask_mode
 
 
-def window_masks(ldr: torch.Tensor, d: dict) -> dict:
+def window_masks(ldr: torch.Tensor, d: dict, transfer: str = "srgb") -> dict:
     """{"over", "under"} (T, 1, H, W) soft masks of one LDR window (T, 3, H, W) in [0, 1] as the recipe computes
     them: :func:`recompute_masks` with ``mask_mode`` and ``mask_ema_alpha``. The trainer calls it on every window
     (unless ``mask_mode: dataset``, which takes the loader's masks) and inference on every window it converts, so
-    both condition on the same mask."""
-    return recompute_masks(ldr, mask_mode_of(d), float(d.get("mask_ema_alpha", EMA_ALPHA)))
+    both condition on the same mask. ``transfer``: the window's response curve (a preset with a curve step records it
+    in the item's params; an LDR video from outside is taken as sRGB)."""
+    return recompute_masks(ldr, mask_mode_of(d), float(d.get("mask_ema_alpha", EMA_ALPHA)), transfer)
 
 
 def reference_unit(frame: torch.Tensor, d: dict) -> torch.Tensor:
@@ -548,7 +550,8 @@ class DiffHDRTask:
             if key is not None:
                 self.cache.put(key, latent)
         if d["mask_mode"] != "dataset":
-            item = {**item, **window_masks(item["ldr"], d)}
+            transfer = (item.get("params") or {}).get("transfer", "srgb")
+            item = {**item, **window_masks(item["ldr"], d, transfer)}
         control, mask = control_video(item, d, r_over < float(d["gray_over_prob"]), text_to_hdr, self.device)
         ctrl = C.control_latents(self.vae, control[None], mask[None], self.patch_hw)[0]
         if use_ref:
