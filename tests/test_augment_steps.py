@@ -208,3 +208,33 @@ def test_the_diffhdr_window_masks_linearise_with_the_windows_curve():
                                                                                   np.array([250 / 255]))[0]
     assert recompute_masks(code, "paper", 1.0)["over"].min() == 1.0
     assert recompute_masks(code, "paper", 1.0, transfer="sigmoid:0.9:0.6")["over"].max() == 0.0
+
+
+@pytest.mark.parametrize("pattern", ["RGGB", "BGGR", "GRBG", "GBRG"])
+def test_bayer_keeps_flat_colour_and_fringes_at_edges(pattern):
+    flat = np.ones((1, 8, 10, 3), np.float32) * np.float32([0.8, 0.4, 0.1])
+    assert np.abs(steps.bayer_roundtrip(flat, pattern) - flat).max() < 1e-4  # the pattern is OpenCV's
+    m = steps.mosaic(flat, pattern)
+    assert m.shape == (1, 8, 10) and np.allclose(np.unique(m), [0.1, 0.4, 0.8])
+    edge = np.zeros((1, 16, 16, 3), np.float32)
+    edge[:, :, 8:] = 0.9  # a sharp gray edge: demosaicking makes colour where there was none
+    out = steps.bayer_roundtrip(edge, pattern, "bilinear")
+    chroma = out.max(axis=-1) - out.min(axis=-1)
+    assert chroma[:, 2:-2, 6:10].max() > 0.05 and chroma[:, 2:-2, :4].max() < 1e-4 and chroma[:, 2:-2, 13:].max() < 1e-4
+
+
+def test_bayer_step_runs_between_noise_and_curve_and_excludes_tmo():
+    from dataclasses import replace
+
+    hdr = (np.random.default_rng(2).random((2, 12, 16, 3)) * 2).astype(np.float32)
+    preset = replace(PRESETS["paper"], steps=({"step": "bayer"}, {"step": "curve", "family": "gamma"}))
+    params = sample_params(preset, 1)
+    made = make_ldr(hdr, "single", preset, params)
+    assert made.transfer.startswith("gamma:") and np.array_equal(made.frames, make_ldr(hdr, "single", preset,
+                                                                                         params).frames)
+    plain = make_ldr(hdr, "single", replace(preset, steps=preset.steps[1:]),
+                     sample_params(replace(preset, steps=preset.steps[1:]), 1))
+    assert not np.array_equal(made.frames, plain.frames)
+    both = replace(PRESETS["paper"], steps=({"step": "bayer"}, {"step": "tmo"}))
+    with pytest.raises(steps.StepError, match="exclude each other"):
+        make_ldr(hdr, "single", both, sample_params(both, 1))

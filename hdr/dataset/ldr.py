@@ -18,7 +18,8 @@ from hdr.degrade.masks import exposure_masks
 from hdr.degrade.presets import PRESETS, Params, Preset, degrade, preset_from_json
 import numpy as np
 
-from hdr.degrade.steps import apply_ldr, apply_linear, tmo_of, tone_map
+from hdr.degrade.presets import linear_to_ldr8
+from hdr.degrade.steps import apply_ldr, apply_linear, bayer_of, bayer_roundtrip, tmo_of, tone_map
 
 
 def check_kind(kind: str) -> str:
@@ -78,7 +79,17 @@ def make_ldr(hdr, kind: str, preset: Preset, params: Params, start: int = 0) -> 
         alternating = {"n_exposures": n, "ev": evs, "exposure": exposures, "gamma": GAMMA}
     else:
         tmo = tmo_of(list(params.steps)) if params.steps else None
-        if tmo is None:
+        bayer = bayer_of(list(params.steps)) if params.steps else None
+        if bayer is not None:  # the sensor's colour filter between the noise and the curve (CPU: OpenCV)
+            _, lin = degrade(hdr, params, return_linear=True)
+            torch_like = type(lin).__module__.startswith("torch")
+            lin = bayer_roundtrip(lin.cpu().numpy() if torch_like else lin, bayer["pattern"], bayer["method"])
+            frames = linear_to_ldr8(lin, params.quantize, params.transfer)
+            if torch_like:
+                import torch
+
+                frames = torch.from_numpy(frames).to(hdr.device)
+        elif tmo is None:
             frames, _ = degrade(hdr, params)
         else:  # a tone-mapping operator on the noisy exposed radiance replaces the curve (CPU: OpenCV)
             _, lin = degrade(hdr, params, return_linear=True)

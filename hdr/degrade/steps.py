@@ -11,6 +11,8 @@ them. The stages of a step say where a camera has it:
     curve          the encoding              the response curve the quantiser and the masks use (hdr.degrade.curves)
     tmo            the encoding              a tone-mapping operator instead of a curve (OpenCV's Reinhard, Drago,
                                              Mantiuk, or percentile exposure; ExpandNet's random TMO per clip)
+    bayer          after the noise, before   the sensor's colour filter array: mosaic the noisy linear frames (clipped at
+                   the curve                 saturation, 16 bit) and demosaic them with OpenCV (bilinear or edge-aware)
     jpeg           after the quantiser       JPEG per frame (Pillow; quality, 4:2:0 chroma)
     video          after the quantiser       a real codec round trip (PyAV: libx264, libx265 if the wheel has it;
                                              CRF, yuv420p, GOP), decoded back; records the achieved bitrate
@@ -44,6 +46,7 @@ STEPS: dict[str, dict] = {
         "scale": [0.65, 0.85],  # mantiuk
         "bias": [0.7, 0.9],  # drago
     }},
+    "bayer": {"stage": "sensor", "fields": {"pattern": "RGGB", "method": "edge_aware"}},
     "jpeg": {"stage": "ldr", "fields": {"probability": 1.0, "quality": [30, 100]}},
     "video": {"stage": "ldr", "fields": {"codec": "libx264", "crf": [18, 32], "gop": 12, "preset": "medium",
                                          "fps": 24}},
@@ -185,6 +188,42 @@ def apply_linear(hdr, drawn: list[dict]):
             else:
                 hdr = hdr * g
     return hdr
+
+
+# --- sensor ------------------------------------------------------------------------------------------------------
+BAYER_PATTERNS = ("RGGB", "BGGR", "GRBG", "GBRG")
+
+
+def bayer_of(drawn: list[dict]) -> dict | None:
+    d = next((d for d in drawn if d["step"] == "bayer"), None)
+    if d is not None:
+        if d["pattern"] not in BAYER_PATTERNS:
+            raise StepError(f"steps.bayer.pattern: {d['pattern']!r}; expected one of {', '.join(BAYER_PATTERNS)}")
+        if d["method"] not in ("bilinear", "edge_aware"):
+            raise StepError(f"steps.bayer.method: {d['method']!r}; expected bilinear or edge_aware")
+        if any(x["step"] == "tmo" for x in drawn):
+            raise StepError("steps: bayer (a clipped 16-bit raw) and tmo (tone-maps the unclipped radiance) exclude "
+                            "each other")
+    return d
+
+
+def mosaic(lin: np.ndarray, pattern: str = "RGGB") -> np.ndarray:
+    """Linear frames (..., H, W, 3) -> one colour sample per pixel (..., H, W) through the 2x2 colour filter."""
+    index = {"R": 0, "G": 1, "B": 2}
+    ch = np.array([[index[pattern[0]], index[pattern[1]]], [index[pattern[2]], index[pattern[3]]]])
+    h, w = lin.shape[-3:-1]
+    cmap = np.tile(ch, ((h + 1) // 2, (w + 1) // 2))[:h, :w]
+    return np.take_along_axis(lin, np.broadcast_to(cmap[..., None], lin.shape[:-1] + (1,)), axis=-1)[..., 0]
+
+
+def bayer_roundtrip(lin: np.ndarray, pattern: str = "RGGB", method: str = "edge_aware") -> np.ndarray:
+    """Noisy linear frames (T, H, W, 3) -> clipped at 1 (sensor saturation), mosaicked, stored as 16-bit raw and
+    demosaicked by OpenCV -> linear frames in [0, 1] (float32)."""
+    import cv2
+
+    raw = np.round(np.clip(mosaic(lin, pattern), 0.0, 1.0) * 65535.0).astype(np.uint16)
+    code = getattr(cv2, f"COLOR_Bayer{pattern}2RGB" + ("_EA" if method == "edge_aware" else ""))
+    return np.stack([cv2.cvtColor(np.ascontiguousarray(f), code) for f in raw]).astype(np.float32) / 65535.0
 
 
 # --- tone mapping ------------------------------------------------------------------------------------------------
