@@ -11,8 +11,9 @@ them. The stages of a step say where a camera has it:
     curve          the encoding              the response curve the quantiser and the masks use (hdr.degrade.curves)
     tmo            the encoding              a tone-mapping operator instead of a curve (OpenCV's Reinhard, Drago,
                                              Mantiuk, or percentile exposure; ExpandNet's random TMO per clip)
-    bayer          after the noise, before   the sensor's colour filter array: mosaic the noisy linear frames (clipped at
-                   the curve                 saturation, 16 bit) and demosaic them with OpenCV (bilinear or edge-aware)
+    bayer          after the noise, before   the sensor's colour filter array: mosaic the noisy linear frames
+                   the curve                 (clipped at saturation, 16 bit), demosaic them with OpenCV (bilinear or
+                                             edge-aware)
     jpeg           after the quantiser       JPEG per frame (Pillow; quality, 4:2:0 chroma)
     video          after the quantiser       a real codec round trip (PyAV: libx264, libx265 if the wheel has it;
                                              CRF, yuv420p, GOP), decoded back; records the achieved bitrate
