@@ -135,11 +135,7 @@ def test_resolve_device_accepts_auto_and_cpu():
 
 
 @pytest.mark.parametrize("spec, words", [("cuda:1", "torch sees"), ("gpu0", "unknown device"), ("cuda:x", "cuda:N")])
-def test_resolve_device_errors_are_one_line(spec, words):
-    import torch
-
-    if spec == "cuda:1" and torch.cuda.device_count() > 1:
-        pytest.skip("this machine has two GPUs")
+def test_resolve_device_errors_are_one_line(spec, words, no_cuda):
     with pytest.raises(cli.CliError) as e:
         cli.resolve_device(spec)
     msg = str(e.value)
@@ -155,14 +151,10 @@ def test_check_device_checks_the_spelling_only():
 
 @pytest.mark.parametrize("argv, words", [(["--device", "gpu0"], "unknown device"),
                                          (["--device", "cuda:7"], "cuda:7")])
-def test_stage_device_errors_are_one_line_exit_2(argv, words, tmp_path, capsys):
-    import torch
-
+def test_stage_device_errors_are_one_line_exit_2(argv, words, tmp_path, capsys, no_cuda):
     from caption.run import main as caption_main
     from evaluate.run import main as evaluate_main
 
-    if torch.cuda.device_count() > 7:
-        pytest.skip("this machine has eight GPUs")
     assert caption_main(["--root", str(tmp_path), "--no-ray", *argv]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: --device") and words in err[0]
@@ -318,3 +310,13 @@ def test_hdr_does_not_import_the_stages():
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO,
                        env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=60)
     assert r.returncode == 0 and r.stdout.strip() == "[]", r.stdout + r.stderr
+
+
+def test_resolve_device_counts_the_gpus_torch_sees(monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    assert cli.resolve_device("auto") == "cuda" and cli.resolve_device("cuda:0") == "cuda:0"
+    with pytest.raises(cli.CliError, match=r"--device cuda:1: torch sees 1 CUDA device\(s\), numbered from 0"):
+        cli.resolve_device("cuda:1")

@@ -10,7 +10,6 @@ import warnings  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
-import torch  # noqa: E402
 import yaml  # noqa: E402
 
 from train.diffhdr.task import RECIPES, DiffHDRData, DiffHDRModel, DiffHDRTask, resolve_data_config  # noqa: E402
@@ -20,7 +19,6 @@ from train.hdrvdiff.stages import HDRVDiffData, HDRVDiffModel, HDRVDiffTask, dat
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "train" / "configs"
-NO_GPU = pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA device 1")
 
 # what RUN/config.yaml records of a DiffHDR data section, in this order (a resume compares it)
 DIFFHDR_DATA_KEYS = ["recipe", "split", "window", "ldr", "kind", "seed", "cache_latents", "cache_dir",
@@ -234,8 +232,7 @@ def test_set_data_kind(tmp_path):
         load_config(None, ["data.kind"])
 
 
-@NO_GPU
-def test_device_cuda_1_is_a_one_line_error(tmp_path, capsys):
+def test_device_cuda_1_is_a_one_line_error(tmp_path, capsys, no_cuda):
     from train.infer import main as infer_main
     from train.run import main as run_main
 
