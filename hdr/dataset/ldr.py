@@ -16,10 +16,9 @@ from hdr.dataset.records import KINDS, AugMeta
 from hdr.degrade.alternating import GAMMA, TRANSFER as ALT_TRANSFER, alternating_evs, alternating_ldr
 from hdr.degrade.masks import exposure_masks
 from hdr.degrade.presets import PRESETS, Params, Preset, degrade, preset_from_json
-import numpy as np
-
 from hdr.degrade.presets import linear_to_ldr8
-from hdr.degrade.steps import apply_ldr, apply_linear, bayer_of, bayer_roundtrip, tmo_of, tone_map
+from hdr.degrade.steps import (apply_ldr, apply_linear, bayer_of, bayer_roundtrip, like, on_cpu, tmo_of,
+                                tone_map)
 
 
 def check_kind(kind: str) -> str:
@@ -37,9 +36,30 @@ def kind_of(n_exposures: int) -> str:
     return f"alt{int(n_exposures)}" if n_exposures else "single"
 
 
-def sequence_spec(kind: str, preset: Preset) -> tuple[str, str]:
-    """(transfer, mask mode) of a kind of LDR sequence made with ``preset``."""
-    return ("srgb", preset.mask_mode) if check_kind(kind) == "single" else (ALT_TRANSFER, "paper")
+def sequence_spec(kind: str, preset: Preset, params: Params | None = None) -> tuple[str, str]:
+    """(transfer, mask mode) of a kind of LDR sequence made with ``preset`` (and ``params``: a response curve step
+    replaces sRGB, and its masks are the paper's on that curve's linearisation)."""
+    if check_kind(kind) != "single":
+        return ALT_TRANSFER, "paper"
+    transfer = params.transfer if params is not None else "srgb"
+    return (transfer, preset.mask_mode) if transfer == "srgb" else (transfer, "paper")
+
+
+def _encode_single(hdr, params: Params):
+    """Single-exposure LDR: exposure, noise, then the curve and the quantiser; with a ``bayer`` step the noisy
+    linear frames go through the colour filter first, with a ``tmo`` step an operator replaces the curve (both on
+    the CPU: OpenCV). Every path ends in the one 8-bit quantiser."""
+    drawn = list(params.steps)
+    bayer, tmo = bayer_of(drawn), tmo_of(drawn)
+    if bayer is None and tmo is None:
+        return degrade(hdr, params)[0]
+    _, lin = degrade(hdr, params, return_linear=True)
+    if bayer is not None:
+        frames = linear_to_ldr8(bayer_roundtrip(on_cpu(lin), bayer["pattern"], bayer["method"]), params.quantize,
+                                params.transfer)
+    else:  # the operator's display values are already encoded: quantised through the identity curve
+        frames = linear_to_ldr8(tone_map(on_cpu(lin), tmo), params.quantize, "gamma:1")
+    return like(frames, hdr)
 
 
 @dataclass
@@ -65,10 +85,8 @@ def make_ldr(hdr, kind: str, preset: Preset, params: Params, start: int = 0) -> 
     extra steps run where a camera has them (:mod:`hdr.degrade.steps`): white balance on the linear frames, the
     response curve in the quantiser (single-exposure LDR; alternating sequences stay gamma 2.2), compression on the
     8-bit frames; the masks are computed on the final frames, linearised with the curve used."""
-    transfer, mask_mode = sequence_spec(kind, preset)
+    transfer, mask_mode = sequence_spec(kind, preset, params)
     n = n_exposures(kind)
-    if n == 0 and params.transfer != "srgb":
-        transfer, mask_mode = params.transfer, "paper"
     step_results = []
     if params.steps:
         hdr = apply_linear(hdr, list(params.steps))
@@ -78,30 +96,7 @@ def make_ldr(hdr, kind: str, preset: Preset, params: Params, start: int = 0) -> 
         frames, exposures = alternating_ldr(hdr, evs, params)
         alternating = {"n_exposures": n, "ev": evs, "exposure": exposures, "gamma": GAMMA}
     else:
-        tmo = tmo_of(list(params.steps)) if params.steps else None
-        bayer = bayer_of(list(params.steps)) if params.steps else None
-        if bayer is not None:  # the sensor's colour filter between the noise and the curve (CPU: OpenCV)
-            _, lin = degrade(hdr, params, return_linear=True)
-            torch_like = type(lin).__module__.startswith("torch")
-            lin = bayer_roundtrip(lin.cpu().numpy() if torch_like else lin, bayer["pattern"], bayer["method"])
-            frames = linear_to_ldr8(lin, params.quantize, params.transfer)
-            if torch_like:
-                import torch
-
-                frames = torch.from_numpy(frames).to(hdr.device)
-        elif tmo is None:
-            frames, _ = degrade(hdr, params)
-        else:  # a tone-mapping operator on the noisy exposed radiance replaces the curve (CPU: OpenCV)
-            _, lin = degrade(hdr, params, return_linear=True)
-            torch_like = type(lin).__module__.startswith("torch")
-            display = tone_map(lin.cpu().numpy() if torch_like else lin, tmo)
-            scaled = display * 255.0
-            frames = (np.floor(scaled) if params.quantize == "truncate" else np.round(scaled)).clip(0, 255)
-            frames = frames.astype(np.uint8)
-            if torch_like:
-                import torch
-
-                frames = torch.from_numpy(frames).to(hdr.device)
+        frames = _encode_single(hdr, params)
         exposures = [1.0] * len(hdr)
     if params.steps:
         frames, step_results = apply_ldr(frames, list(params.steps))

@@ -177,6 +177,20 @@ def white_balance_gains(kelvin: float, reference: float = 6504.0) -> list[float]
     return [float(v) for v in g]
 
 
+def on_cpu(x) -> np.ndarray:
+    """The numpy view of ``x`` (a torch tensor goes through the CPU: OpenCV, Pillow and the codecs live there)."""
+    return x.detach().cpu().numpy() if type(x).__module__.startswith("torch") else x
+
+
+def like(a: np.ndarray, ref):
+    """``a`` as the same kind of array as ``ref`` (a tensor on its device, or numpy)."""
+    if type(ref).__module__.startswith("torch"):
+        import torch
+
+        return torch.from_numpy(np.ascontiguousarray(a)).to(ref.device)
+    return a
+
+
 def apply_linear(hdr, drawn: list[dict]):
     """The linear-light steps (before the noise): white balance."""
     for d in drawn:
@@ -326,16 +340,11 @@ def apply_ldr(frames, drawn: list[dict]) -> tuple[object, list[dict]]:
     """The steps after the quantiser (JPEG, video) on uint8 frames (numpy; torch tensors go through the CPU: the
     codecs exist only there). Returns (frames, per-step results such as the achieved bitrate)."""
     results = []
-    torch_like = type(frames).__module__.startswith("torch")
-    x = frames.cpu().numpy() if torch_like else frames
+    x = on_cpu(frames)
     for d in drawn:
         if d["step"] == "jpeg" and d.get("applied", True):
             x = jpeg_roundtrip(x, d["quality"])
         elif d["step"] == "video":
             x, info = video_roundtrip(x, d["codec"], d["crf"], d["gop"], d["preset"], d["fps"])
             results.append({"step": "video", **info})
-    if torch_like:
-        import torch
-
-        x = torch.from_numpy(np.ascontiguousarray(x)).to(frames.device)
-    return x, results
+    return like(x, frames), results
