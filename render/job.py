@@ -26,7 +26,7 @@ from hdr.dataset import layout
 from hdr.dataset.records import ClipMeta
 from render import analysis, camera
 from render.engines import EngineError, HdriSource, get_engine
-from render.programs import PROGRAMS, ClipPlan, FrameCamera, plan_clip
+from render.programs import PROGRAMS, ClipPlan, plan_clip
 
 STATS_SAMPLE = 16384  # luminance values kept per frame for clip percentiles
 # What a map's negative texels become (README, "Bad input"): "signed" renders the decoded map as it is and clamps each
@@ -53,8 +53,12 @@ class RenderSettings:
     threads: int = 0
     overwrite: bool = False
     negative_texels: str = "signed"  # one of NEGATIVE_TEXELS
+    shutter: float = 0.0  # motion blur: shutter open for this fraction of the frame interval (0 = instantaneous)
 
     def __post_init__(self):
+        if not 0.0 <= self.shutter <= 1.0:
+            raise ValueError(f"--shutter {self.shutter}: a fraction of the frame interval in [0, 1] "
+                             "(0 = no motion blur, 0.5 = a 180 degree shutter)")
         if self.negative_texels not in NEGATIVE_TEXELS:
             raise ValueError(f"unknown negative-texel policy {self.negative_texels!r}; "
                              f"one of {', '.join(NEGATIVE_TEXELS)}")
@@ -71,6 +75,7 @@ class RenderSettings:
             "half": self.half,
             "compression": self.compression,
             "negative_texels": self.negative_texels,
+            **({"shutter": self.shutter} if self.shutter > 0 else {}),
         }
 
 
@@ -176,19 +181,29 @@ def _split_negative(img: np.ndarray, scratch: Path, chunk_rows: int = 256) -> tu
     return path, (dirs, (f * 0.75 + 1.0) * texel)
 
 
-def _sees(cells: tuple[np.ndarray, float], fc, width: int, height: int) -> bool:
+def _sees(cells: tuple[np.ndarray, float], plan: ClipPlan, fc, width: int, height: int,
+          shutter: float = 0.0) -> bool:
     """Whether any cell of ``cells`` can reach a pixel of the frame: within the cone around the view axis that holds
     the image's diagonal, widened by the cell radius and the pixel filter's reach (2 pixels at the image centre,
-    where pixels subtend the largest angle). Conservative: a frame it rejects sees none of those texels."""
+    where pixels subtend the largest angle); with motion blur, that cone at shutter open, frame time and close,
+    widened by the angle the view turns between them. Conservative: a frame it rejects sees none of those texels."""
     dirs, radius = cells
     if not len(dirs):
         return False
     sw, sh = camera.sensor_size(width, height)
-    half_diag = math.atan(math.hypot(sw / 2, sh / 2) / fc.focal_mm)
-    reach = half_diag + radius + 2 * sw / width / fc.focal_mm
-    if reach >= math.pi:
-        return True
-    return bool((dirs @ np.asarray(fc.view_direction()) >= math.cos(reach)).any())
+    if shutter > 0:
+        keys = camera.shutter_keys([f.focal_mm for f in plan.frames], [f.rotation_euler for f in plan.frames],
+                                   fc.index, shutter)
+    else:
+        keys = [(fc.focal_mm, camera.euler_matrix(fc.rotation_euler))]
+    views = [r @ np.array([0.0, 0.0, -1.0]) for _, r in keys]
+    turn = max((math.acos(min(1.0, float(a @ b))) for a, b in zip(views, views[1:])), default=0.0)
+    for focal, view in zip((f for f, _ in keys), views):
+        half_diag = math.atan(math.hypot(sw / 2, sh / 2) / focal)
+        reach = half_diag + radius + 2 * sw / width / focal + turn
+        if reach >= math.pi or (dirs @ view >= math.cos(reach)).any():
+            return True
+    return False
 
 
 def _prepare_hdri(local: Path, task: HdriTask, needs: str, scratch: Path) -> _Hdri:
@@ -258,15 +273,12 @@ def _render_negative_part(engine, hdri: _Hdri, task: HdriTask, programs, scratch
     parts = {}
     for program in programs:
         plan = plan_clip(program, s.frames, s.seed, task.hdri_id, hdri.aims)
-        seen = [fc for fc in plan.frames if _sees(hdri.negative_cells, fc, s.width, s.height)]
+        seen = [fc for fc in plan.frames if _sees(hdri.negative_cells, plan, fc, s.width, s.height, s.shutter)]
         parts[program] = {"frames": {}, "seconds": 0.0}
         if not seen:
             continue
-        # renumbered 0..n-1: Cycles' samples do not depend on the frame number (no animated seed), checked in tests
-        sub = ClipPlan(plan.clip_id, plan.program, plan.seed,
-                       tuple(FrameCamera(j, fc.focal_mm, fc.rotation_euler) for j, fc in enumerate(seen)), plan.params)
-        t0 = time.perf_counter()
-        for fc, img in zip(seen, engine.render(sub, s.width, s.height, scratch)):
+        t0 = time.perf_counter()  # the same keyed camera and seed as the positive part: the same samples
+        for fc, img in zip(seen, engine.render(plan, s.width, s.height, scratch, only={fc.index for fc in seen})):
             path = scratch / f"neg_{program}_{fc.index:04d}.npy"
             np.save(path, img)
             parts[program]["frames"][fc.index] = path
@@ -300,6 +312,8 @@ def _clip_record(task, plan, hdri, engine_info, frames, pooled, out_info, timing
             "sensor_fit": camera.SENSOR_FIT,
             "euler_order": "XYZ",
             "convention": camera.CONVENTION,
+            "shutter": s.shutter,
+            **({"shutter_model": camera.SHUTTER_MODEL} if s.shutter > 0 else {}),
         },
         "output": {
             "resolution": [s.width, s.height],
@@ -474,6 +488,6 @@ def render_hdri(task: HdriTask) -> HdriResult:
 
 def _engine_options(s: RenderSettings) -> dict:
     if s.engine == "blender":
-        return {"samples": s.samples, "device": s.device, "threads": s.threads}
+        return {"samples": s.samples, "device": s.device, "threads": s.threads, "shutter": s.shutter}
     return {"samples": s.samples, "backend": s.backend, "device": s.device, "threads": s.threads,
-            "max_samples": s.max_samples}
+            "max_samples": s.max_samples, "shutter": s.shutter}

@@ -63,6 +63,10 @@ def build_parser() -> argparse.ArgumentParser:
                    "(faster on 16k maps, ~1-3%% less accurate next to small suns)")
     cli.add_device(p, help="auto (a GPU when Blender/torch on the worker sees one, else the CPU), cpu; blender also "
                    "cuda, optix, hip, oneapi, metal; direct+torch also cuda, cuda:N")
+    p.add_argument("--shutter", type=float, default=0.0,
+                   help="motion blur: the shutter is open for this fraction of the frame interval, centred on the "
+                   "frame (0 = none, 0.5 = a 180 degree shutter); the camera's own motion is integrated in HDR "
+                   "(Cycles' camera motion blur; the direct engine averages sub-frame poses)")
     p.add_argument("--half", action="store_true",
                    help="write half-float EXR (7.6x smaller); radiance above 65504 is clamped and the clamp recorded")
     p.add_argument("--compression", default="zip", help="EXR compression: zip, piz, zips, none, ...")
@@ -176,7 +180,7 @@ def main(argv=None) -> int:
                               programs=programs, engine=args.engine, backend=args.backend,
                               max_samples=args.max_samples, half=args.half, compression=args.compression,
                               device=device, threads=args.cpus_per_task, overwrite=args.overwrite,
-                              negative_texels=args.negative_texels)
+                              negative_texels=args.negative_texels, shutter=args.shutter)
     out = Store(args.root)
     states = _states(out, entries, settings)
     todo_entries = [e for e in entries

@@ -103,7 +103,7 @@ def test_clip_json_records_what_was_done(renders):
 
 def test_blender_split_equals_cycles_rendering_the_signed_map(renders, tmp_path):
     """Cycles is only given non-negative maps; the difference of its two renders is what it renders from the signed
-    map itself (same samples: the renumbered frames of the negative pass keep Cycles' sample pattern)."""
+    map itself (same samples: the negative pass renders the same keyed camera and seed)."""
     signed, runs = renders
     write_exr(tmp_path / "signed.exr", signed)
     eng = get_engine("blender", samples=BLENDER_SPP, threads=2)
@@ -129,7 +129,7 @@ def test_the_negative_pass_skips_only_frames_that_cannot_see_the_negatives(tmp_p
     for program in ("rotation_000", "rotation_120", "rotation_240"):
         plan = plan_clip(program, 12, 0, "sun")
         for fc, frame in zip(plan.frames, eng.render(plan, 32, 18, None)):
-            if _sees(cells, fc, 32, 18):
+            if _sees(cells, plan, fc, 32, 18):
                 seen += 1
             else:
                 unseen += 1

@@ -82,7 +82,8 @@ def clip_state(store: Store, hdri_id: str, clip_id: str, fingerprint: dict | Non
     """("complete" | "missing" | "partial" | "conflict", detail).
 
     "partial": frames without a valid clip.json, or clip.json whose frames are missing or of another size (a crash or a
-    tampered folder; the clip is redone). "conflict": complete, but rendered with other settings than ``fingerprint``.
+    tampered folder; the clip is redone). "conflict": complete, but rendered with other settings than ``fingerprint``
+    (a setting recorded only when it is not its default, like the shutter, differs when either side has it).
     """
     rel = clip_rel(hdri_id, clip_id)
     files = list_files(store, rel)
@@ -104,7 +105,7 @@ def clip_state(store: Store, hdri_id: str, clip_id: str, fingerprint: dict | Non
             return "partial", f"{fr['file']} has {size} bytes, clip.json says {fr['bytes']}"
     if fingerprint is not None:
         old = meta.get("settings", {})
-        diff = {k: (old.get(k), v) for k, v in fingerprint.items() if old.get(k) != v}
+        diff = {k: (old.get(k), fingerprint.get(k)) for k in {**old, **fingerprint} if old.get(k) != fingerprint.get(k)}
         if diff:
             text = ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in diff.items())
             return "conflict", f"rendered with other settings ({text})"

@@ -42,8 +42,10 @@ class Engine(abc.ABC):
         """Prepare for a new HDRI (called once per HDRI; all its clips follow)."""
 
     @abc.abstractmethod
-    def render(self, plan: ClipPlan, width: int, height: int, scratch: Path) -> Iterator[np.ndarray]:
-        """Yield the clip's frames in order, float32 (H, W, 3) scene-linear Rec.709 radiance, top row first."""
+    def render(self, plan: ClipPlan, width: int, height: int, scratch: Path,
+               only: set[int] | None = None) -> Iterator[np.ndarray]:
+        """Yield the clip's frames in order, float32 (H, W, 3) scene-linear Rec.709 radiance, top row first; with
+        ``only``, just the frames of those indices (the camera's motion still comes from the whole plan)."""
 
     def frame_extras(self, plan: ClipPlan, width: int, height: int) -> list[dict]:
         """Per-frame facts the engine wants recorded in clip.json (e.g. texels per pixel); empty by default."""

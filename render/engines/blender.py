@@ -72,14 +72,27 @@ def _tail(path: Path, n: int = 8) -> str:
         return ""
 
 
+def _chunks(indices: list[int], size: int) -> list[tuple[int, int]]:
+    """Runs of consecutive frame indices, at most ``size`` long, as (first, last) pairs."""
+    runs = []
+    for i in indices:
+        if runs and i == runs[-1][1] + 1 and i - runs[-1][0] < size:
+            runs[-1][1] = i
+        else:
+            runs.append([i, i])
+    return [tuple(r) for r in runs]
+
+
 class BlenderEngine(Engine):
     name = "blender"
     needs = "file"
 
-    def __init__(self, samples: int = 16, device: str = "cpu", threads: int = 0, chunk_frames: int = 16):
+    def __init__(self, samples: int = 16, device: str = "cpu", threads: int = 0, chunk_frames: int = 16,
+                 shutter: float = 0.0):
         import bpy  # noqa: F401  (fails early, with a clear error, where bpy is missing)
 
         self.samples = int(samples)
+        self.shutter = float(shutter)
         self.device = device
         self.threads = int(threads)
         self.chunk_frames = int(chunk_frames)
@@ -135,7 +148,10 @@ class BlenderEngine(Engine):
         cyc.pixel_filter_type = "BLACKMAN_HARRIS"
         scene.render.filter_size = 1.5
         scene.render.use_persistent_data = True
-        scene.render.use_motion_blur = False
+        scene.render.use_motion_blur = self.shutter > 0  # Cycles' camera motion blur on the keyed camera
+        if self.shutter > 0:
+            scene.render.motion_blur_shutter = self.shutter
+            scene.render.motion_blur_position = "CENTER"
         scene.render.film_transparent = False
         scene.render.resolution_percentage = 100
         if self.threads > 0:
@@ -180,6 +196,8 @@ class BlenderEngine(Engine):
         scene.collection.objects.link(cam_obj)
         cam_obj.location = (0.0, 0.0, 0.0)
         cam_obj.rotation_mode = "XYZ"
+        cam_obj.cycles.use_motion_blur = True
+        cam_obj.cycles.motion_steps = 1  # poses at shutter open, frame time and close (camera.SHUTTER_MODEL)
         scene.camera = cam_obj
         self._scene = scene
 
@@ -198,7 +216,9 @@ class BlenderEngine(Engine):
             "world_sampling_method": "NONE",
             "env_interpolation": "Linear",
             "animation_job": True,
-            "camera_keys": "rotation_euler (XYZ) and lens keyed on every frame, LINEAR",
+            "camera_keys": "rotation_euler (XYZ) and lens keyed on every frame, LINEAR interpolation and extrapolation",
+            **({"motion_blur": {"shutter": self.shutter, "position": "CENTER", "camera_motion_steps": 3,
+                                "model": camera.SHUTTER_MODEL}} if self.shutter > 0 else {}),
             **({"camera_check": self.camera_check} if self.camera_check else {}),
         }
 
@@ -216,21 +236,30 @@ class BlenderEngine(Engine):
         # bpy 5.0 keys Python inserts as BEZIER whatever the preference says: make them linear (only integer frames
         # are rendered, so this matters only for sub-frame evaluation, e.g. motion blur)
         for curve in _fcurves(cam_obj) + _fcurves(cam_obj.data):
+            curve.extrapolation = "LINEAR"  # the camera keeps moving beyond the clip (motion blur of the end frames)
             for point in curve.keyframe_points:
                 point.interpolation = "LINEAR"
-        # what Cycles will render: the evaluated camera of every frame, against the camera model
+        # what Cycles will render: the evaluated camera of every frame (and, with motion blur, at shutter open and
+        # close), against the camera model
+        focals = [fc.focal_mm for fc in plan.frames]
+        eulers = [fc.rotation_euler for fc in plan.frames]
+        offsets = (0.0, -self.shutter / 2, self.shutter / 2) if self.shutter > 0 else (0.0,)
         rot_err = lens_err = 0.0
         for fc in plan.frames:
-            scene.frame_set(fc.index)
-            m = np.array(cam_obj.matrix_world, dtype=np.float64)[:3, :3]
-            rot_err = max(rot_err, float(np.abs(m - camera.euler_matrix(fc.rotation_euler)).max()))
-            lens_err = max(lens_err, abs(cam_obj.data.lens - fc.focal_mm) / fc.focal_mm)
+            for dt in offsets:
+                t = fc.index + dt
+                scene.frame_set(int(np.floor(t)), subframe=float(t - np.floor(t)))
+                m = np.array(cam_obj.matrix_world, dtype=np.float64)[:3, :3]
+                want = camera.euler_matrix(camera.keyed_at(eulers, t))
+                focal = float(camera.keyed_at(focals, t))
+                rot_err = max(rot_err, float(np.abs(m - want).max()))
+                lens_err = max(lens_err, abs(cam_obj.data.lens - focal) / focal)
         self.camera_check = {"max_rotation_matrix_error": rot_err, "max_lens_rel_error": lens_err}
         if rot_err > CAMERA_TOLERANCE or lens_err > CAMERA_TOLERANCE:
             raise EngineError(f"Blender's keyed camera differs from the plan (rotation {rot_err:.2e}, "
                               f"lens {lens_err:.2e})")
 
-    def render(self, plan: ClipPlan, width: int, height: int, scratch: Path) -> Iterator[np.ndarray]:
+    def render(self, plan: ClipPlan, width: int, height: int, scratch: Path, only=None) -> Iterator[np.ndarray]:
         import bpy
 
         if self._scene is None:
@@ -241,9 +270,8 @@ class BlenderEngine(Engine):
         scene.cycles.seed = plan.seed % (2**31 - 1)
         self._key_camera(plan)
         log = scratch / f"blender-{plan.clip_id}.log"
-        n = len(plan.frames)
-        for start in range(0, n, self.chunk_frames):
-            end = min(n, start + self.chunk_frames) - 1
+        for start, end in _chunks([fc.index for fc in plan.frames if only is None or fc.index in only],
+                                  self.chunk_frames):
             scene.frame_start, scene.frame_end = start, end
             scene.render.filepath = str(scratch / "bl_####")
             t0 = time.perf_counter()

@@ -194,12 +194,13 @@ def _filter_axis(ops: _Ops, a, axis: int, n_out: int, k: int, margin: int, weigh
 
 
 def render_frame(ops: _Ops, level: dict, focal_mm: float, euler, width: int, height: int, k: int,
-                 band_rows: int = 64) -> object:
+                 band_rows: int = 64, rotation=None) -> object:
     """One frame (H, W, 3) from one map level: k x k samples per pixel on a grid shared by neighbouring pixels,
-    weighted by the separable filter; processed in bands of output rows to bound memory."""
+    weighted by the separable filter; processed in bands of output rows to bound memory. ``rotation``: the camera's
+    rotation matrix, instead of the Euler triple (a sub-frame pose of motion blur)."""
     xp = ops.xp
     mh, mw = int(level["img"].shape[0]), int(level["img"].shape[1])
-    r = camera.euler_matrix(euler)
+    r = camera.euler_matrix(euler) if rotation is None else np.asarray(rotation, np.float64)
     sw, sh = camera.sensor_size(width, height)
     margin, weights = filter_weights(k)
     xs = ((ops.arange(k * width + 2 * margin) + (0.5 - margin)) / k / width - 0.5) * sw  # sensor mm, right
@@ -223,13 +224,19 @@ def render_frame(ops: _Ops, level: dict, focal_mm: float, euler, width: int, hei
     return bands[0] if len(bands) == 1 else xp.concatenate(bands, 0) if ops.backend == "numpy" else xp.cat(bands, 0)
 
 
+def _keys(plan: ClipPlan) -> tuple[list, list]:
+    """The clip's camera keys (focal lengths, Euler triples) of frames 0, 1, ..."""
+    return [fc.focal_mm for fc in plan.frames], [fc.rotation_euler for fc in plan.frames]
+
+
 class DirectEngine(Engine):
     name = "direct"
     needs = "pixels"
 
     def __init__(self, samples: int = 16, backend: str = "numpy", device: str = "cpu", threads: int = 0,
-                 max_samples: int = MAX_K * MAX_K):
+                 max_samples: int = MAX_K * MAX_K, shutter: float = 0.0):
         self.samples = int(samples)
+        self.shutter = float(shutter)
         self.k_max = max(1, math.isqrt(int(max_samples)))
         self.k = max(1, round(math.sqrt(self.samples)))  # samples per pixel per axis
         self.ops = _Ops(backend, device)
@@ -257,6 +264,9 @@ class DirectEngine(Engine):
             "prefilter": f"2x2 box mip levels keep samples <= {MAX_SAMPLE_SPACING_TEXELS} texel apart",
             "map_values": "as given (signed where negative texels are kept); output pixels clamped at 0 by the job",
             "threads": self.threads or "auto",
+            **({"motion_blur": f"the average of sub-frame renders at stratified shutter times, "
+                               f"{camera.SHUTTER_SAMPLE_SPACING_PX} px of image motion apart at most "
+                               f"(shutter_samples per frame)"} if self.shutter > 0 else {}),
         }
 
     def load(self, source: HdriSource) -> None:
@@ -285,16 +295,29 @@ class DirectEngine(Engine):
         for fc in plan.frames:
             tpp = texels_per_pixel(fc.focal_mm, width, height, mh)
             k, level = sampling_for(tpp, self.k, max(self.k, self.k_max))
-            out.append({"texels_per_pixel": tpp, "samples_per_pixel": k * k, "mip_level": level})
+            extra = {"texels_per_pixel": tpp, "samples_per_pixel": k * k, "mip_level": level}
+            if self.shutter > 0:
+                extra["shutter_samples"] = camera.shutter_samples(*_keys(plan), fc.index, self.shutter, width, height)
+            out.append(extra)
         return out
 
-    def render(self, plan: ClipPlan, width: int, height: int, scratch: Path) -> Iterator[np.ndarray]:
+    def render(self, plan: ClipPlan, width: int, height: int, scratch: Path, only=None) -> Iterator[np.ndarray]:
         if not self._levels:
             raise EngineError("load() an HDRI before rendering")
         for fc, extra in zip(plan.frames, self.frame_extras(plan, width, height)):
+            if only is not None and fc.index not in only:
+                continue
             k = round(math.sqrt(extra["samples_per_pixel"]))
-            img = render_frame(self.ops, self._level(extra["mip_level"]), fc.focal_mm, fc.rotation_euler,
-                               width, height, k)
+            level = self._level(extra["mip_level"])
+            if self.shutter > 0:  # the expected exposure: the mean of sub-frame renders over the shutter
+                poses = camera.shutter_poses(*_keys(plan), fc.index, self.shutter, extra["shutter_samples"])
+                img = None
+                for focal, rot in poses:
+                    sub = render_frame(self.ops, level, focal, None, width, height, k, rotation=rot)
+                    img = sub if img is None else img + sub
+                img = img * (1.0 / len(poses))
+            else:
+                img = render_frame(self.ops, level, fc.focal_mm, fc.rotation_euler, width, height, k)
             yield self.ops.to_numpy(img)
 
     def close(self) -> None:
