@@ -18,6 +18,10 @@ not model-specific:
   position (epoch + batches consumed). The per-step random draws of a task come from a generator seeded with
   ``derive_seed(seed, "step", step, rank)``, and the data order of epoch ``e`` from ``derive_seed(seed, "epoch", e)``,
   so ``2 + resume + 2`` steps give bit-identical weights to 4 uninterrupted steps (tested on the CPU);
+* the DataLoader (:func:`build_loader`): ``train.num_workers: auto`` starts persistent, seeded worker processes when
+  the on-the-fly LDR has steps that exist only on the CPU (the codec ...; ``hdr.dataset.loader.worker_plan``, one
+  line at start says so and ``env.json`` records it), else loads in the training process; the batches do not
+  depend on the number of workers;
 * TensorBoard + jsonl metrics, a tqdm progress bar and one-line :class:`TrainError` messages.
 
 The TrainTask protocol (all a model module has to write)::
@@ -333,11 +337,15 @@ class TrainConfig(ConfigSection):
     log_every: int = 1
     # -- randomness and loading
     seed: int = 0
-    num_workers: int = 0
+    num_workers: int | str = "auto"     # loader worker processes; auto: a few when the on-the-fly LDR has CPU-only
+                                        # steps (the codec ...), else 0 (hdr.dataset.loader.worker_plan)
     export_every: int = 0               # 0: export only at the end
 
     def validate(self, section: str) -> None:
         self.betas = tuple(float(b) for b in self.betas)
+        nw = self.num_workers
+        if nw != "auto" and (isinstance(nw, str) or nw < 0):
+            raise TrainError(f"config {section}.num_workers must be auto or an integer >= 0, got {nw!r}")
         for k in ("steps", "batch_size", "grad_accum", "checkpoint_every", "checkpoints_keep", "log_every"):
             if int(getattr(self, k)) < 1:
                 raise TrainError(f"config {section}.{k} must be >= 1, got {getattr(self, k)!r}")
@@ -394,6 +402,56 @@ class ResumableSampler(torch.utils.data.Sampler):
 
     def __len__(self):
         return max(self.per_process() - self.skip, 0)
+
+
+class _EpochSampler(torch.utils.data.Sampler):
+    """Yields ``(epoch, index)``: the sampler's epoch travels with every index (see :class:`_EpochItems`)."""
+
+    def __init__(self, sampler: ResumableSampler):
+        self.sampler = sampler
+
+    def __iter__(self):
+        epoch = self.sampler.epoch
+        return ((epoch, i) for i in self.sampler)
+
+    def __len__(self):
+        return len(self.sampler)
+
+
+class _EpochItems(torch.utils.data.Dataset):
+    """``items[(epoch, i)]`` is ``dataset.set_epoch(epoch); dataset[i]``: a persistent loader worker holds its own
+    copy of the dataset, which the main process's ``set_epoch`` does not reach."""
+
+    def __init__(self, dataset):
+        self.dataset, self.epoch = dataset, None
+
+    def __len__(self):
+        return len(self.dataset)
+
+    def __getitem__(self, key):
+        epoch, i = key
+        if epoch != self.epoch:
+            self.dataset.set_epoch(epoch)
+            self.epoch = epoch
+        return self.dataset[i]
+
+
+def build_loader(dataset, sampler: ResumableSampler, batch_size: int, num_workers: int = 0, collate=None,
+                 generator: torch.Generator | None = None, worker_seed: int = 0) -> torch.utils.data.DataLoader:
+    """The training DataLoader. With workers they are started once per run (persistent), seeded by
+    :func:`hdr.dataset.loader.seed_worker`, and a dataset with ``set_epoch`` gets each index with its epoch; the
+    batches are the same for any number of workers (each item depends on its index and epoch only)."""
+    import functools
+
+    from hdr.dataset.loader import seed_worker
+
+    kw: dict = {}
+    if num_workers > 0:
+        kw = {"persistent_workers": True, "worker_init_fn": functools.partial(seed_worker, worker_seed)}
+        if hasattr(dataset, "set_epoch"):
+            dataset, sampler = _EpochItems(dataset), _EpochSampler(sampler)
+    return torch.utils.data.DataLoader(dataset, batch_size=batch_size, sampler=sampler, drop_last=True,
+                                       num_workers=num_workers, collate_fn=collate, generator=generator, **kw)
 
 
 @dataclass
@@ -638,12 +696,23 @@ def train(task, config: dict, run_dir: str | os.PathLike, *, device: str = "auto
     dataset = task.dataset()
     sampler = ResumableSampler(len(dataset), tcfg.seed, accelerator.process_index, accelerator.num_processes)
     collate = getattr(task, "collate", None)
+    # loader workers: "auto" runs the CPU-only steps of an on-the-fly preset (the codec ...) in worker processes
+    from hdr.dataset.loader import worker_plan
+
+    plan = worker_plan(dataset, tcfg.num_workers, dev, batches=len(sampler) // tcfg.batch_size,
+                       processes=int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    if main:
+        if plan.message():
+            print(plan.message(), file=sys.stderr)
+        if plan.warning():
+            print(f"warning: {plan.warning()}", file=sys.stderr)
+        info["loader"] = plan.record()
+        _write_text(run_dir / "env.json", json.dumps(info, indent=2, default=str))
     # the loader's own generator (re-seeded per epoch) keeps iterator creation off the global torch RNG, so a
     # resumed run (which creates one more iterator) draws exactly what an uninterrupted run draws
     loader_gen = torch.Generator()
-    loader = torch.utils.data.DataLoader(dataset, batch_size=tcfg.batch_size, sampler=sampler, drop_last=True,
-                                         num_workers=tcfg.num_workers, collate_fn=collate, generator=loader_gen,
-                                         persistent_workers=False)
+    loader = build_loader(dataset, sampler, tcfg.batch_size, plan.num_workers, collate, loader_gen,
+                          derive_seed(tcfg.seed, "loader-worker", accelerator.process_index))
     if len(sampler) < tcfg.batch_size:
         raise TrainError(f"the training set has {len(dataset)} item(s), fewer than batch_size={tcfg.batch_size} "
                          f"x {accelerator.num_processes} process(es)")
@@ -791,6 +860,7 @@ def train(task, config: dict, run_dir: str | os.PathLike, *, device: str = "auto
         bar.close()
     if writer is not None:
         writer.close()
+    del loader  # persistent loader workers end here
     exported: list = []
     if loop.step >= tcfg.steps:
         state = _export_state(accelerator, model, module)

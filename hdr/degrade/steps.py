@@ -39,7 +39,7 @@ STEPS: dict[str, dict] = {
     }},
     # dmarnerides/hdr-expandnet util.py (random_tone_map, TRAIN_TMO_DICT with randomize=True): one operator per clip,
     # gamma U(1.8, 2.2) and each operator's ranges; the output is mapped to [0, 1] by its min and max
-    "tmo": {"stage": "encode", "fields": {
+    "tmo": {"stage": "encode", "cpu_only": True, "fields": {
         "operator": {"choice": ["exposure", "reinhard", "mantiuk", "drago"]},
         "gamma": [1.8, 2.2],
         "low_percentile": [0.0, 15.0], "high_percentile": [85.0, 100.0],  # exposure (percentile clipping)
@@ -47,12 +47,18 @@ STEPS: dict[str, dict] = {
         "scale": [0.65, 0.85],  # mantiuk
         "bias": [0.7, 0.9],  # drago
     }},
-    "bayer": {"stage": "sensor", "fields": {"pattern": "RGGB", "method": "edge_aware"}},
-    "jpeg": {"stage": "ldr", "fields": {"probability": 1.0, "quality": [30, 100]}},
-    "video": {"stage": "ldr", "fields": {"codec": "libx264", "crf": [18, 32], "gop": 12, "preset": "medium",
-                                         "fps": 24}},
+    "bayer": {"stage": "sensor", "cpu_only": True, "fields": {"pattern": "RGGB", "method": "edge_aware"}},
+    "jpeg": {"stage": "ldr", "cpu_only": True, "fields": {"probability": 1.0, "quality": [30, 100]}},
+    "video": {"stage": "ldr", "cpu_only": True, "fields": {"codec": "libx264", "crf": [18, 32], "gop": 12,
+                                                           "preset": "medium", "fps": 24}},
 }
 INT_FIELDS = {"quality", "crf", "gop", "fps"}
+
+
+def cpu_only_steps(steps) -> list[str]:
+    """The names of the steps in ``steps`` (a preset's step mappings) that exist only on the CPU (OpenCV, Pillow,
+    the codecs): a tensor on a GPU makes a round trip through host memory for them."""
+    return [s["step"] for s in steps if STEPS.get(s["step"], {}).get("cpu_only")]
 
 
 class StepError(ValueError):
