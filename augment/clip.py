@@ -97,7 +97,7 @@ def augment_clip(task: AugTask) -> dict:
         del frames
         for i, rel, seed in todo:
             t0 = time.perf_counter()
-            params = sample_params(preset, seed)
+            params = sample_params(preset, seed, frames=hdr_frames)
             store.remove(rel)
             made = make_ldr(hdr_frames, kind, preset, params)
             ldr = made.frames

@@ -2,17 +2,15 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import sys
+import textwrap
 
 from augment.clip import AugTask, augment_clip
 from hdr import cli
 from hdr.dataset import layout
 from hdr.dataset.ldr import n_exposures
-from hdr.degrade.presets import PRESETS, Preset, apply_overrides, load_preset, sample_params
+from hdr.degrade.presets import PRESETS, apply_overrides, check_overrides, check_preset, load_preset, override_fields
 from hdr.storage import Store
-
-PRESET_FIELDS = tuple(f.name for f in dataclasses.fields(Preset) if f.name not in ("name", "notes"))
 
 
 class _AlternatingAction(argparse.Action):
@@ -22,20 +20,32 @@ class _AlternatingAction(argparse.Action):
         setattr(namespace, self.dest, f"alt{values}")
 
 
+class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Defaults in the option help; the description and the preset list keep their lines."""
+
+
+def presets_epilog() -> str:
+    """One line per preset: its name and its ordered pipeline (:meth:`hdr.degrade.presets.Preset.pipeline`)."""
+    w = max(map(len, PRESETS))
+    return "presets (--preset NAME), each an ordered pipeline of a single-exposure clip:\n" + "\n".join(
+        f"  {name:<{w}}  {' -> '.join(preset.pipeline())}" for name, preset in PRESETS.items())
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog=cli.prog("augment.run"),
-        description="Degrade every rendered clip (DiffHDR §3.1.2) into 8-bit LDR frames, exposure masks and aug.json "
-        "under <clip>/ldr/<aug_id>/. Rerun the same command to resume.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        description=textwrap.fill("Degrade every rendered clip (DiffHDR §3.1.2) into 8-bit LDR frames, exposure masks "
+                                  "and aug.json under <clip>/ldr/<aug_id>/. Rerun the same command to resume.", 79),
+        epilog=presets_epilog(),
+        formatter_class=_Formatter,
     )
     cli.add_root(p, aliases=("--dataset",), help="dataset root written by render.run (path or URL)")
     p.add_argument("--preset", default="paper", metavar="NAME|FILE.yaml",
-                   help="degradation preset: " + "; ".join(f"{k}: {v.notes.split(':')[0].split(' (')[0]}"
-                                                         for k, v in PRESETS.items())
+                   help="degradation preset (pipelines below): "
+                   + "; ".join(f"{k}: {v.notes.split(':')[0].split(' (')[0]}" for k, v in PRESETS.items())
                    + "; or a YAML file of preset fields and steps (docs/augment.md)")
-    cli.add_set(p, fields=", ".join(PRESET_FIELDS) + ", or step.NAME.FIELD for a field of one of the preset's steps "
-                "(e.g. --set sigma_s_range=[0,0.01] --set rho=0.7 --set step.video.crf=[18,24])")
+    cli.add_set(p, fields=", ".join(override_fields()) + ", or step.NAME.FIELD for a field of one of the preset's "
+                "steps (e.g. --set sigma_s_range=[0,0.01] --set rho=0.7 --set step.video.crf=[18,24])")
     p.add_argument("--per-clip", type=int, default=1, help="augmentations per clip")
     cli.add_kind(p)
     p.add_argument("--alternating", type=int, choices=(2, 3), dest="kind", action=_AlternatingAction,
@@ -50,17 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def parse_overrides(items: list[str]) -> tuple:
     """["rho=0.7", "sigma_s_range=[0, 0.01]"] -> (("rho", 0.7), ("sigma_s_range", (0.0, 0.01))); ValueError
-    (:class:`hdr.cli.CliError`) on an unknown field or a malformed item."""
-    out = []
-    for key, value in cli.parse_set(items):
-        if key.startswith(("step.", "steps.")):
-            out.append((key, value))  # checked against the preset's steps (apply_overrides)
-            continue
-        if key not in PRESET_FIELDS:
-            raise cli.CliError(f"--set {key}=...: not a preset field; expected FIELD=VALUE with FIELD one of "
-                               f"{', '.join(sorted(PRESET_FIELDS))}, or step.NAME.FIELD")
-        out.append((key, tuple(value) if isinstance(value, list) else value))
-    return tuple(out)
+    (one line) on a malformed item (:func:`hdr.cli.parse_set`) or an unknown field (the presets' check)."""
+    return check_overrides(cli.parse_set(items))
 
 
 def main(argv=None) -> int:
@@ -68,7 +69,7 @@ def main(argv=None) -> int:
     try:
         overrides = parse_overrides(args.overrides)
         preset = apply_overrides(load_preset(args.preset), overrides)
-        sample_params(preset, 0)  # a step that cannot run (a curve file missing, a codec not built) fails here, once
+        check_preset(preset)  # a step that cannot run (a curve file missing, a codec not built) fails here, once
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -22,7 +23,9 @@ import numpy as np
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from hdr.degrade.presets import PRESETS, ar1_frames, degrade, degrade_torch, sample_params  # noqa: E402
+from hdr.degrade import curves  # noqa: E402
+from hdr.degrade.presets import (  # noqa: E402
+    PRESETS, apply_overrides, ar1_frames, degrade, degrade_torch, sample_params)
 from hdr.degrade.masks import MASK_MODES, exposure_masks  # noqa: E402
 from hdr.degrade import steps as S  # noqa: E402
 from hdr.degrade.presets import linear_to_ldr8  # noqa: E402
@@ -53,8 +56,13 @@ def main() -> None:
     shape = hdr.shape
     t_field = best_of(lambda: [None for _ in ar1_frames(shape, 0.5, 1)], args.repeat)
     print(f"AR(1) noise field alone (numpy): {n / t_field:6.1f} frames/s ({1e3 * t_field / n:.1f} ms/frame)")
-    for preset_name, preset in PRESETS.items():
-        params = sample_params(preset.with_overrides(noise_probability=1.0), 1)
+    tmp = tempfile.TemporaryDirectory()
+    dorf = Path(tmp.name) / "dorf-like.txt"  # singlehdr needs a DoRF file: synthetic gamma curves, for timing only
+    curves.write_dorf_gammas(dorf)
+    presets = {k: apply_overrides(v, [("step.curve.file", str(dorf))]) if k == "singlehdr" else v
+               for k, v in PRESETS.items()}
+    for preset_name, preset in presets.items():
+        params = sample_params(preset.with_overrides(noise_probability=1.0), 1, frames=hdr)
         th = torch.from_numpy(hdr)
         runs = (  # (label, degrade, masks, input): torch CPU tensors take the numpy path (zero-copy); "torch ops" is
             ("numpy", degrade, exposure_masks, hdr),  # the GPU path's torch code, timed here on the CPU
@@ -74,7 +82,9 @@ def main() -> None:
     ldr, _ = degrade(hdr, sample_params(PRESETS["paper"], 1))
     gains = [{"step": "white_balance", "applied": True, "gains": S.white_balance_gains(4500.0)}]
     lin = np.clip(hdr, 0, 1)
+    hue = [{"step": "hue_saturation", "applied": True, "hue": 7.0, "saturation": 0.1}]
     cases = (("white balance", lambda: S.apply_linear(hdr, gains)),
+             ("hue/saturation", lambda: S.apply_linear(hdr, hue)),
              ("8-bit sRGB (the quantiser)", lambda: linear_to_ldr8(lin, "round", "srgb")),
              ("8-bit sigmoid curve", lambda: linear_to_ldr8(lin, "round", "sigmoid:0.9:0.6")),
              ("JPEG q75 round trip", lambda: S.jpeg_roundtrip(ldr, 75)))
@@ -83,11 +93,12 @@ def main() -> None:
     for label, fn in cases:
         t = best_of(fn, args.repeat)
         print(f"  {label:>30}: {n / t:7.1f} frames/s per core")
-    print("whole pipeline per preset (make_ldr: steps, core, masks; numpy):")
-    for preset_name, preset in PRESETS.items():
-        params = sample_params(preset.with_overrides(noise_probability=1.0), 1)
+    print("whole pipeline per preset (make_ldr: steps, core, masks; numpy; content exposures drawn on the clip):")
+    for preset_name, preset in presets.items():
+        params = sample_params(preset.with_overrides(noise_probability=1.0), 1, frames=hdr)
         t = best_of(lambda: make_ldr(hdr, "single", preset, params), args.repeat)
         print(f"  {preset_name:>30}: {n / t:7.1f} frames/s per core")
+    tmp.cleanup()
 
 
 if __name__ == "__main__":

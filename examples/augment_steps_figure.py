@@ -47,6 +47,7 @@ def main() -> int:
     cases = [("paper (sRGB)", ()),
              ("white balance 3500 K", ({"step": "white_balance", "kelvin": 3500.0},)),
              ("white balance 9000 K", ({"step": "white_balance", "kelvin": 9000.0},)),
+             ("hue +30 deg, saturation -0.3", ({"step": "hue_saturation", "hue": 30.0, "saturation": -0.3},)),
              ("sigmoid curve n 0.9 a 0.6", ({"step": "curve", "n": 0.9, "a": 0.6},)),
              ("JPEG quality 30", ({"step": "jpeg", "quality": 30},)),
              ("H.264 CRF 40", ({"step": "video", "crf": 40, "gop": 3},))]

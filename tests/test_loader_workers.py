@@ -161,3 +161,15 @@ def test_the_engine_says_where_the_steps_run_and_records_it(manifest, tmp_path, 
     rec = json.loads((tmp_path / "run" / "env.json").read_text())["loader"]
     assert rec["num_workers"] == expected.num_workers >= 1 and rec["requested"] == "auto"
     assert rec["cpu_only_steps"] == ["jpeg"] and rec["persistent_workers"] is True
+
+
+def test_content_dependent_exposure_on_the_fly_uses_the_window(manifest):
+    """hdrcnn's exposure is computed on what the loader reads: the window's frames."""
+    from hdr.degrade.presets import clip_fraction_exposure
+
+    ds = dataset(manifest, preset="hdrcnn")
+    item = ds[0]
+    exp = item["params"]["exposure"]
+    assert exp["mode"] == "clip_fraction" and 0.05 <= exp["target_fraction"] <= 0.15
+    stops, _ = clip_fraction_exposure(item["hdr"].numpy(), exp["target_fraction"], "values")
+    assert item["params"]["exposure_stops"] == pytest.approx(stops)

@@ -4,6 +4,10 @@
     ldr = make_ldr(window, "alt3", preset, params, start=t0)               # the loader, on the fly
     ldr = remake(hdr_frames, AugMeta.read(store, rel))                     # bit for bit from an aug.json
 
+Parameters come from :func:`hdr.degrade.presets.sample_params`; a preset whose exposure is computed on the clip
+(``hdrcnn``, ``singlehdr``) needs the whole clip there: ``sample_params(preset, seed, frames=hdr_frames)``. A re-make
+never draws again: it uses the recorded parameters (stops, curve file and index included).
+
 Which transfer and which masks a kind of sequence gets is decided here only (:func:`sequence_spec`): single-exposure
 LDR is sRGB with the preset's mask mode; HDR-V-Diff's alternating sequences (alt2, alt3) are gamma 2.2 with the
 paper's masks, linearised with that gamma.

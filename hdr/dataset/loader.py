@@ -118,7 +118,8 @@ class ClipWindowDataset(torch.utils.data.Dataset):
             exposures = [float(alt["exposure"][t]) for t in idx] if alt else [1.0] * self.window
             params = {**a.params, "aug_id": a.aug_id, "source": "stored"}
         else:
-            p = sample_params(self._preset, derive_seed(self.seed, c.key, "loader-augment", self.epoch))
+            # a content-dependent exposure (hdrcnn, singlehdr) is computed on the window: it is all the loader reads
+            p = sample_params(self._preset, derive_seed(self.seed, c.key, "loader-augment", self.epoch), frames=hdr)
             made = make_ldr(hdr, self.kind, self._preset, p, start=t0)
             ldr8, exposures, over, under = made.frames, made.exposures, made.over, made.under
             params = {**p.to_json(), "source": "augment"}

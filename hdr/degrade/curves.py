@@ -6,8 +6,9 @@ quantiser, named by a short spec string that aug.json records (``masks.linearisa
     gamma:<g>           x^(1/g)
     sigmoid:<n>:<a>     y = (1 + a) x^n / (x^n + a): the family HDRCNN's virtual camera samples
                         (gabrieleilertsen/hdrcnn, training/virtualcamera: n ~ N(0.9, 0.1), a ~ N(0.6, 0.1))
-    table:<sha256[:16]> a measured curve from a file the user supplies (DoRF ``dorfCurves.txt`` or two columns
-                        x y), registered with :func:`load_curve_file`; the databases are never shipped
+    table:<sha256[:16]> a measured curve from a file the user supplies (one block of DoRF ``dorfCurves.txt``,
+                        which holds many, or two columns x y), registered with :func:`load_curve_file`; the
+                        databases are never shipped
 
 Every curve is monotone, maps 0 to 0 and 1 to 1, and has an exact inverse (``decode``), which the quantiser uses
 to put the 8-bit code boundaries in linear light and the masks use to linearise: the LDR frames and their masks
@@ -45,7 +46,7 @@ def _parse(spec: str) -> tuple[str, list[float]]:
     if kind == "table":
         if spec not in _TABLES:
             raise CurveError(f"curve {spec!r}: a measured curve that was not loaded (pass its file again: "
-                             "--set curve.file=PATH)")
+                             "--set step.curve.file=PATH)")
         return kind, []
     try:
         values = [float(v) for v in rest.split(":")] if rest else []
@@ -104,45 +105,90 @@ def luma_of_code(spec: str) -> np.ndarray:
     return np.stack([(lin * w).astype(np.float32) for w in REC709_LUMA])
 
 
-def _read_curve_file(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    text = path.read_text(errors="replace")
-    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
-    has = {tag: any(ln.startswith(f"{tag} =") for ln in lines) for tag in ("I", "B")}
-    if has["I"] and has["B"]:
-        # DoRF (CAVE dorfCurves.txt): blocks of name / graph / "I =" values / "B =" values; the first curve is used
-        def block(tag):
-            i = next(k for k, ln in enumerate(lines) if ln.startswith(tag))
-            rest = lines[i][len(tag):].strip() or lines[i + 1]
-            return np.array([float(v) for v in rest.replace(",", " ").split()], np.float64)
-        return block("I ="), block("B =")
+DORF_URL = "https://cave.cs.columbia.edu/repository/DoRF"  # Columbia CAVE's Database of Response Functions
+
+
+def _numbers(lines: list[str], i: int, tag: str) -> tuple[np.ndarray, int]:
+    """The values after ``tag`` on line i (or on the next line) and the index of the line after them."""
+    rest = lines[i][len(tag):].strip()
+    text, nxt = (rest, i + 1) if rest else (lines[i + 1] if i + 1 < len(lines) else "", i + 2)
+    return np.array([float(v) for v in text.replace(",", " ").split()], np.float64), nxt
+
+
+@functools.lru_cache(maxsize=8)
+def _read_cached(path: str, mtime_ns: int, size: int) -> tuple[tuple[str, np.ndarray, np.ndarray], ...]:
+    lines = [ln.strip() for ln in Path(path).read_text(errors="replace").splitlines() if ln.strip()]
+    if any(ln.startswith("I =") for ln in lines) and any(ln.startswith("B =") for ln in lines):
+        # DoRF (CAVE dorfCurves.txt): blocks of name / type / "I =" / values / "B =" / values, one per curve
+        out = []
+        try:
+            for i, ln in enumerate(lines):
+                if ln.startswith("I ="):
+                    xs, j = _numbers(lines, i, "I =")
+                    if j >= len(lines) or not lines[j].startswith("B ="):
+                        raise ValueError
+                    ys, _ = _numbers(lines, j, "B =")
+                    out.append((lines[i - 2] if i >= 2 else f"curve {len(out)}", xs, ys))
+        except ValueError:
+            raise CurveError(f"{path}: a DoRF block is not 'I =' values then 'B =' values") from None
+        return tuple(out)
     rows = [ln.replace(",", " ").split() for ln in lines if not ln.startswith("#")]
     try:
         arr = np.array([[float(v) for v in r[:2]] for r in rows], np.float64)
     except (ValueError, IndexError):
         raise CurveError(f"{path}: not a curve file (DoRF dorfCurves.txt, or two numeric columns x y)") from None
-    return arr[:, 0], arr[:, 1]
+    return ((Path(path).stem, arr[:, 0], arr[:, 1]),)
 
 
-def load_curve_file(path: str | Path) -> str:
-    """Read a measured response curve (irradiance x -> brightness y, both in [0, 1]) and register it; returns its
-    spec ``table:<sha256[:16]>``. One-line CurveError unless it is monotone from (0, 0) to (1, 1)."""
+def read_curve_file(path: str | Path) -> tuple[tuple[str, np.ndarray, np.ndarray], ...]:
+    """Every curve of a file as (name, x, y): all the DoRF blocks, or the one curve of a two-column file (cached
+    while the file is unchanged)."""
     p = Path(path)
     if not p.is_file():
         raise CurveError(f"{path}: curve file not found (measured curves such as DoRF/EMoR cannot be shipped: "
-                         "download them yourself and give the path)")
-    xs, ys = _read_curve_file(p)
+                         f"download them yourself, e.g. DoRF dorfCurves.txt from Columbia CAVE {DORF_URL}, and give "
+                         "the path)")
+    st = p.stat()
+    return _read_cached(str(p.resolve()), st.st_mtime_ns, st.st_size)
+
+
+def curve_names(path: str | Path) -> list[str]:
+    """The names of the curves in a file (DoRF: the camera or film of each block), in file order."""
+    return [name for name, _, _ in read_curve_file(path)]
+
+
+def load_curve_file(path: str | Path, index: int = 0) -> str:
+    """Read curve ``index`` of a measured response-curve file (irradiance x -> brightness y, both in [0, 1]) and
+    register it; returns its spec ``table:<sha256[:16]>``. One-line CurveError unless it is monotone from (0, 0)
+    to (1, 1)."""
+    found = read_curve_file(path)
+    if not 0 <= int(index) < len(found):
+        raise CurveError(f"{path}: curve index {index} out of range (the file holds {len(found)} curves)")
+    name, xs, ys = found[int(index)]
+    where = f"{path}" + (f" curve {index} ({name})" if len(found) > 1 else "")
     if len(xs) < 2 or len(xs) != len(ys):
-        raise CurveError(f"{path}: a curve needs as many x as y values, at least two")
+        raise CurveError(f"{where}: a curve needs as many x as y values, at least two")
     if not (np.all(np.diff(xs) > 0) and np.all(np.diff(ys) >= 0) and ys[-1] > ys[0]):
-        raise CurveError(f"{path}: the curve must increase (x strictly, y monotone)")
+        raise CurveError(f"{where}: the curve must increase (x strictly, y monotone)")
     if abs(xs[0]) > 1e-6 or abs(ys[0]) > 1e-6 or abs(xs[-1] - 1) > 1e-6 or abs(ys[-1] - 1) > 1e-6:
-        raise CurveError(f"{path}: the curve must run from (0, 0) to (1, 1), got ({xs[0]:g}, {ys[0]:g}) .. "
+        raise CurveError(f"{where}: the curve must run from (0, 0) to (1, 1), got ({xs[0]:g}, {ys[0]:g}) .. "
                          f"({xs[-1]:g}, {ys[-1]:g})")
     # strictly increasing y so the inverse is a function: lift flat runs by a negligible ramp
     ys = np.maximum.accumulate(ys + np.linspace(0.0, 1e-9, len(ys)))
     ys = (ys - ys[0]) / (ys[-1] - ys[0])
     digest = hashlib.sha256(np.concatenate([xs, ys]).tobytes()).hexdigest()[:16]
     spec = f"table:{digest}"
-    _TABLES[spec] = (xs, ys)
-    luma_of_code.cache_clear()
+    if spec not in _TABLES:
+        _TABLES[spec] = (xs, ys)
+        luma_of_code.cache_clear()
     return spec
+
+
+def write_dorf_gammas(path: str | Path, gammas=(1.6, 2.0, 2.4, 3.0)) -> list[str]:
+    """A synthetic curve file in the DoRF text format (name / type / "I =" / values / "B =" / values per curve) of
+    monotone gamma curves, for tests and benchmarks (the real database cannot be shipped). Returns the names."""
+    x = np.linspace(0.0, 1.0, 1024)
+    names = [f"synthetic-gamma-{g}" for g in gammas]
+    Path(path).write_text("".join(f"{n}\ngraph\nI =\n{' '.join(f'{v:.6f}' for v in x)}\nB =\n"
+                                  f"{' '.join(f'{v:.6f}' for v in x ** (1.0 / g))}\n" for n, g in zip(names, gammas)))
+    return names

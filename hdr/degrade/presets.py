@@ -20,10 +20,13 @@ from hdr.degrade import curves
 
 @dataclass(frozen=True)
 class Preset:
-    """Every knob of the degradation. ``paper`` and ``diffhdr-code`` are the two named presets (see PRESETS)."""
+    """Every knob of the degradation; the named presets are :data:`PRESETS`."""
 
     name: str
-    exposure: str  # "uniform": Delta ~ U[lo, hi] stops; "choice": Delta from `exposure_choices`
+    # "uniform": Delta ~ U[lo, hi] stops; "choice": Delta from `exposure_choices`; from the clip's content (the
+    # frames go to sample_params): "clip_fraction": a fraction ~ U(clip_fraction_range) of the clip clips at 1;
+    # "mean": the clip's mean is scaled to `exposure_mean`, then Delta ~ U[lo, hi] more
+    exposure: str
     exposure_range: tuple[float, float] = (-2.0, 2.0)
     exposure_choices: tuple[float, ...] = (-1.0, 0.0, 1.0, 2.0)
     sigma_s_range: tuple[float, float] = (0.0, 8.5e-4)
@@ -41,19 +44,46 @@ class Preset:
     # the camera steps around the core above (hdr.degrade.steps): white balance before the noise, the response curve
     # instead of sRGB, compression after the quantiser; each a mapping {"step": name, field: distribution, ...}
     steps: tuple = ()
+    # added after the first presets; aug.json records them only where they apply (see to_json)
+    clip_fraction_range: tuple[float, float] = (0.05, 0.15)  # exposure "clip_fraction": the fraction's range
+    clip_fraction_of: str = "values"  # "values": every channel value counts (HDRCNN); "pixels": a pixel, by its max
+    exposure_mean: float = 0.5  # exposure "mean": the clip's mean after the shift, before exposure_range
+    noise_model: str = "diffhdr"  # "diffhdr": var = L s^2 + c^2 (eq. 1); "singlehdr": std = s L + c (NOISE_MODELS)
 
     def with_overrides(self, **kw) -> "Preset":
         return replace(self, **{k: v for k, v in kw.items() if v is not None})
 
     def to_json(self) -> dict:
-        """The settings aug.json records (``steps`` only when the preset has any: the two published presets' records
-        are unchanged)."""
+        """The settings aug.json records (``steps`` only when the preset has any, the later fields only where they
+        apply: the records of the presets made before them are unchanged)."""
         import json
 
         d = json.loads(json.dumps(asdict(self)))
         if not d["steps"]:
             del d["steps"]
+        if self.exposure != "clip_fraction":
+            del d["clip_fraction_range"], d["clip_fraction_of"]
+        if self.exposure != "mean":
+            del d["exposure_mean"]
+        if self.noise_model == "diffhdr":
+            del d["noise_model"]
         return d
+
+    def pipeline(self) -> list[str]:
+        """The ordered operations of a single-exposure clip, core and steps (what make_ldr runs): the linear steps,
+        exposure, noise, the sensor steps, the encoding (srgb, a curve or a TMO), clip, quantize, the 8-bit steps.
+        A no-op core part (no exposure shift, no noise) is left out."""
+        from hdr.degrade.steps import STEPS
+
+        def at(stage):
+            return [s["step"] for s in self.steps if STEPS[s["step"]]["stage"] == stage]
+
+        out = at("linear")
+        if not (self.exposure == "choice" and set(self.exposure_choices) == {0.0}):
+            out.append("exposure")
+        if self.noise_probability > 0 and (max(self.sigma_s_range) > 0 or max(self.sigma_c_range) > 0):
+            out.append("noise")
+        return out + at("sensor") + (at("encode") or ["srgb"]) + ["clip", "quantize"] + at("ldr")
 
 
 PRESETS = {
@@ -93,6 +123,36 @@ PRESETS["expandnet"] = Preset(
     name="expandnet", exposure="choice", exposure_choices=(0.0,), noise_probability=0.0, quantize="round",
     mask_mode="paper", steps=({"step": "tmo"},),
     notes="ExpandNet's training LDR (dmarnerides/hdr-expandnet): a random tone-mapping operator per clip, no noise",
+)
+
+# gabrieleilertsen/hdrcnn training_code/virtualcamera/virtualcamera.cpp with hdrcnn_train.py's defaults: exposure
+# puts the cl ~ U(0.85, 0.95) quantile of all channel values at 1 (5-15% clip), Gaussian noise of std U(0, 0.01),
+# hue += N(0, 7) degrees and S += N(0, 0.1) on sqrt(linear), sigmoid curve n ~ N(0.9, 0.1) in [0.2, 2.5],
+# a ~ N(0.6, 0.1) in [0, 5], rounding to 8 bit, JPEG quality min(U{30..104}, 100).
+PRESETS["hdrcnn"] = Preset(
+    name="hdrcnn", exposure="clip_fraction", clip_fraction_range=(0.05, 0.15), clip_fraction_of="values",
+    sigma_s_range=(0.0, 0.0), sigma_c_range=(0.0, 0.01), rho=0.0, quantize="round", mask_mode="paper",
+    steps=({"step": "hue_saturation"},
+           {"step": "curve", "family": "sigmoid", "n": {"mean": 0.9, "std": 0.1, "min": 0.2, "max": 2.5},
+            "a": {"mean": 0.6, "std": 0.1, "min": 0.001, "max": 5.0}},
+           {"step": "jpeg", "quality": [30, 104]}),
+    notes="HDRCNN's virtual camera (gabrieleilertsen/hdrcnn, virtualcamera.cpp): exposure clipping 5-15% of the "
+          "channel values of the clip, Gaussian noise std U(0, 0.01), hue/saturation jitter, sigmoid curve, JPEG "
+          "quality min(U{30..104}, 100)",
+)
+
+# alex04072000/SingleHDR training_code (train_dequantization_net.py build_graph, dataset.py): the HDR scaled to mean
+# 0.5 then by t = 2^U[-3, 3] (a 600-point grid there), noise sigma_s L eps + sigma_c eps with per-channel
+# sigma_s = u 0.08/6, sigma_c = u 0.005 (u ~ U(0, 1); the same u and eps for both: the ops share seed=1), relu,
+# clip, one DoRF curve per image, round to 8 bit, JPEG quality round(90 + 10 i / 7) for batch slot i of 8.
+PRESETS["singlehdr"] = Preset(
+    name="singlehdr", exposure="mean", exposure_mean=0.5, exposure_range=(-3.0, 3.0), noise_model="singlehdr",
+    sigma_s_range=(0.0, 0.08 / 6), sigma_c_range=(0.0, 0.005), per_channel_sigma=True, rho=0.0, quantize="round",
+    mask_mode="paper",
+    steps=({"step": "curve", "family": "file"},
+           {"step": "jpeg", "quality": {"choice": [90, 91, 93, 94, 96, 97, 99, 100]}}),
+    notes="SingleHDR's training LDR (alex04072000/SingleHDR, training_code): clip mean 0.5 then +-3 stops, shot "
+          "+ read noise, one DoRF curve per clip (--set step.curve.file=dorfCurves.txt), 8 bit, JPEG 90-100",
 )
 
 
@@ -138,16 +198,37 @@ def preset_from_json(data: dict, where: str = "preset") -> Preset:
     return Preset(**values)
 
 
+def override_fields() -> tuple[str, ...]:
+    """The Preset fields ``--set FIELD=VALUE`` may change."""
+    from dataclasses import fields as dc_fields
+
+    return tuple(f.name for f in dc_fields(Preset) if f.name not in ("name", "notes", "steps"))
+
+
+def check_overrides(pairs) -> tuple:
+    """``--set`` pairs (key, parsed value) -> the same with list values of core fields as tuples; one-line
+    PresetError on a key that is neither a Preset field nor ``step.NAME.FIELD`` (a step key is checked against the
+    preset's steps by :func:`apply_overrides`)."""
+    known, out = override_fields(), []
+    for key, value in pairs:
+        parts = key.split(".")
+        if parts[0] in ("step", "steps") and len(parts) == 3:
+            out.append((key, value))
+        elif key in known:
+            out.append((key, tuple(value) if isinstance(value, list) else value))
+        else:
+            raise PresetError(f"--set {key}=...: not a preset field; expected FIELD=VALUE with FIELD one of "
+                              f"{', '.join(sorted(known))}, or step.NAME.FIELD")
+    return tuple(out)
+
+
 def apply_overrides(preset: Preset, pairs) -> Preset:
     """``--set`` pairs on a preset: ``FIELD`` (a Preset field) or ``step.NAME.FIELD`` (a field of the preset's step
     NAME, which must exist)."""
-    from dataclasses import fields as dc_fields
-
     from hdr.degrade.steps import STEPS
 
-    known = {f.name for f in dc_fields(Preset)} - {"name", "notes", "steps"}
     plain, steps = {}, [dict(s) for s in preset.steps]
-    for key, value in pairs:
+    for key, value in check_overrides(pairs):
         parts = key.split(".")
         if len(parts) == 3 and parts[0] in ("step", "steps"):
             _, name, fld = parts
@@ -160,15 +241,15 @@ def apply_overrides(preset: Preset, pairs) -> Preset:
                                   f"{', '.join(STEPS[name]['fields'])}")
             for s in hits:
                 s[fld] = value
-        elif key in known:
-            plain[key] = tuple(value) if isinstance(value, list) else value
         else:
-            raise PresetError(f"--set {key}=...: not a preset field; expected FIELD=VALUE with FIELD one of "
-                              f"{', '.join(sorted(known))}, or step.NAME.FIELD")
+            plain[key] = value
     return replace(preset.with_overrides(**plain), steps=tuple(steps))
 
 
 NOISE_FIELD = "pcg64-invcdf16/1"  # how eps is drawn (recorded in aug.json): see normal_table()
+# "diffhdr": n = sqrt(L sigma_s^2 + sigma_c^2) eps (DiffHDR eq. 1); "singlehdr": n = (sigma_s L + sigma_c) eps, the
+# shot term proportional to L and one eps for both terms (SingleHDR train_*_net.py: two random_normal ops, seed=1)
+NOISE_MODELS = ("diffhdr", "singlehdr")
 
 
 @dataclass(frozen=True)
@@ -191,6 +272,8 @@ class Params:
     noise_field: str = NOISE_FIELD
     transfer: str = "srgb"  # the response curve (hdr.degrade.curves spec) the quantiser encodes with
     steps: tuple = ()  # what every extra step drew (hdr.degrade.steps), in order
+    noise_model: str = "diffhdr"  # NOISE_MODELS
+    exposure: dict | None = None  # a content-dependent exposure: what was drawn and measured on the clip
 
     def to_json(self) -> dict:
         d = asdict(self)
@@ -200,6 +283,10 @@ class Params:
             del d["steps"]
         else:
             d["steps"] = list(d["steps"])
+        if d["noise_model"] == "diffhdr":
+            del d["noise_model"]
+        if d["exposure"] is None:
+            del d["exposure"]
         return d
 
     def has_noise(self) -> bool:
@@ -207,17 +294,91 @@ class Params:
                                or self.var_floor > 0)
 
 
-def sample_params(preset: Preset, seed: int) -> Params:
-    """Draw the per-clip parameters: Delta, whether noise is applied, (sigma_s, sigma_c) shared over frames."""
+EXPOSURES = ("uniform", "choice", "clip_fraction", "mean")
+CONTENT_EXPOSURES = ("clip_fraction", "mean")  # these need the clip's frames when the parameters are drawn
+CLIP_SAMPLE = 1 << 24  # at most this many values of a clip go into its clipping quantile (a strided subsample)
+
+
+def _strided(flat: np.ndarray, row: int) -> np.ndarray:
+    """``flat`` itself, or every p-th entry when it holds more than CLIP_SAMPLE: p the smallest stride >= len /
+    CLIP_SAMPLE coprime with the row length ``row``, so the sample walks through every column and channel."""
+    p = -(-len(flat) // CLIP_SAMPLE)
+    while p > 1 and math.gcd(p, row) != 1:
+        p += 1
+    return flat[::p]
+
+
+def clip_fraction_exposure(frames, target: float, of: str = "values") -> tuple[float, dict]:
+    """Stops that make the fraction ``target`` of the clip clip at 1 (all frames pooled; ``of`` "values": every
+    channel value counts, as HDRCNN's histogram of all channels; "pixels": a pixel counts when its largest channel
+    clips): the (1 - target) quantile of the values (exact on a subsample of at most CLIP_SAMPLE, see
+    :func:`_strided`) is scaled to 1. Returns (stops, what aug.json records: the target, the fraction of the whole
+    clip that the float32 gain of :func:`degrade` does clip (before noise and steps), the sample size)."""
+    x = np.asarray(frames, np.float32)
+    if of not in ("values", "pixels"):
+        raise PresetError(f"clip_fraction_of: {of!r}; expected values or pixels")
+    pool = x.reshape(-1) if of == "values" else x.reshape(-1, x.shape[-1])
+    sample = _strided(pool, x.shape[-2] * (x.shape[-1] if of == "values" else 1))
+    if of == "pixels":
+        sample = sample.max(axis=-1)
+    n, k = sample.size, min(max(int(round(target * sample.size)), 1), sample.size)
+    level = float(np.partition(sample, n - k)[n - k])  # the k-th largest value
+    if level <= 0:  # more than (1 - target) of the clip is black: every lit value clips
+        level = float(sample[sample > 0].min()) if np.any(sample > 0) else 1.0
+    g = np.float32(1.0 / level)  # the float32 gain degrade() applies; the k-th largest value must reach 1
+    if np.float32(level) * g < 1.0:
+        g = np.nextafter(g, np.float32(np.inf))
+    stops = math.log2(float(g))  # float32(2^stops) is g again
+    clipped = sum(int(np.count_nonzero((f if of == "values" else f.max(axis=-1)) * g >= 1.0)) for f in x)
+    total = x.size if of == "values" else x.size // x.shape[-1]
+    return stops, {"mode": "clip_fraction", "of": of, "target_fraction": float(target),
+                   "achieved_fraction": clipped / total, "sampled": int(n), "total": int(total)}
+
+
+def mean_exposure(frames, target_mean: float, relative: float) -> tuple[float, dict]:
+    """Stops that scale the clip's mean (all channel values of all frames) to ``target_mean``, plus ``relative``
+    (SingleHDR dataset.py _pre_hdr_p2: hdr 0.5 / mean, then times t); a black clip gets ``relative`` only."""
+    x = np.asarray(frames, np.float32)
+    mean = sum(float(np.sum(f, dtype=np.float64)) for f in x) / max(x.size, 1)
+    stops = (math.log2(target_mean / mean) if mean > 0 else 0.0) + relative
+    return stops, {"mode": "mean", "clip_mean": mean, "target_mean": float(target_mean), "relative_stops": relative}
+
+
+def sample_params(preset: Preset, seed: int, frames=None) -> Params:
+    """Draw the per-clip parameters: Delta, whether noise is applied, (sigma_s, sigma_c) shared over frames, the
+    steps. ``frames``: the clip's HDR frames (T, H, W, 3), needed by a content-dependent exposure
+    (CONTENT_EXPOSURES), which is computed on them as given (before any camera step)."""
     r = np.random.default_rng(seed)
+    exposure = None
+    if preset.exposure in CONTENT_EXPOSURES:
+        if frames is None:
+            raise PresetError(f"preset {preset.name}: exposure {preset.exposure} is computed on the clip: "
+                              "sample_params(preset, seed, frames=<the clip's HDR frames>)")
+        if type(frames).__module__.startswith("torch"):
+            frames = frames.detach().cpu().numpy()
     if preset.exposure == "uniform":
         stops = float(r.uniform(*preset.exposure_range))
-    else:
+    elif preset.exposure == "choice":
         stops = float(preset.exposure_choices[int(r.integers(len(preset.exposure_choices)))])
+    elif preset.exposure == "clip_fraction":
+        stops, exposure = clip_fraction_exposure(frames, float(r.uniform(*preset.clip_fraction_range)),
+                                                 preset.clip_fraction_of)
+    elif preset.exposure == "mean":
+        stops, exposure = mean_exposure(frames, preset.exposure_mean, float(r.uniform(*preset.exposure_range)))
+    else:
+        raise PresetError(f"preset {preset.name}: exposure {preset.exposure!r}; expected one of {', '.join(EXPOSURES)}")
     noise = bool(r.random() < preset.noise_probability)
     k = 3 if preset.per_channel_sigma else None
-    sigma_s = r.uniform(*preset.sigma_s_range, size=k)
-    sigma_c = r.uniform(*preset.sigma_c_range, size=k)
+    if preset.noise_model == "singlehdr":  # one uniform u per channel scales both sigmas (their ops share a seed)
+        u = r.uniform(size=k)
+        (s0, s1), (c0, c1) = preset.sigma_s_range, preset.sigma_c_range
+        sigma_s, sigma_c = s0 + u * (s1 - s0), c0 + u * (c1 - c0)
+    elif preset.noise_model == "diffhdr":
+        sigma_s = r.uniform(*preset.sigma_s_range, size=k)
+        sigma_c = r.uniform(*preset.sigma_c_range, size=k)
+    else:
+        raise PresetError(f"preset {preset.name}: noise_model {preset.noise_model!r}; expected one of "
+                          f"{', '.join(NOISE_MODELS)}")
     as_json = (lambda v: [float(x) for x in v]) if k else float
     zero = [0.0] * 3 if k else 0.0
     drawn, transfer = (), "srgb"
@@ -230,7 +391,15 @@ def sample_params(preset: Preset, seed: int) -> Params:
                   sigma_s=as_json(sigma_s) if noise else zero, sigma_c=as_json(sigma_c) if noise else zero,
                   rho=preset.rho, noise_scale=preset.noise_scale, quantize=preset.quantize,
                   noise_strength=preset.noise_strength, var_floor=preset.var_floor if noise else 0.0,
-                  ar1_init=preset.ar1_init, transfer=transfer, steps=drawn)
+                  ar1_init=preset.ar1_init, transfer=transfer, steps=drawn, noise_model=preset.noise_model,
+                  exposure=exposure)
+
+
+def check_preset(preset: Preset) -> Params:
+    """Draw a preset's parameters once on a tiny synthetic clip: a step that cannot run (a curve file missing, a
+    codec not built) or a bad field fails here with its one-line error, before any clip is read."""
+    probe = np.linspace(0.0, 2.0, 2 * 4 * 4 * 3, dtype=np.float32).reshape(2, 4, 4, 3)
+    return sample_params(preset, 0, frames=probe if preset.exposure in CONTENT_EXPOSURES else None)
 
 
 @functools.lru_cache(maxsize=1)
@@ -304,10 +473,21 @@ def exposure_shift(hdr, stops: float):
     return hdr * float(2.0**stops)
 
 
-def noise_std(lin, sigma_s, sigma_c, scale: float = 1.0, strength: float = 1.0, var_floor: float = 0.0):
-    """sqrt(L sigma_s^2 + sigma_c^2) (DiffHDR eq. 1) on L = max(lin, 0) / scale, in units of ``lin`` (times
-    ``scale * strength``). Sigmas are scalars or per-channel sequences (broadcast over the last axis)."""
+def noise_std(lin, sigma_s, sigma_c, scale: float = 1.0, strength: float = 1.0, var_floor: float = 0.0,
+              model: str = "diffhdr"):
+    """sqrt(L sigma_s^2 + sigma_c^2) (DiffHDR eq. 1; ``model`` "singlehdr": sigma_s L + sigma_c) on
+    L = max(lin, 0) / scale, in units of ``lin`` (times ``scale * strength``). Sigmas are scalars or per-channel
+    sequences (broadcast over the last axis)."""
     xp = _xp(lin)
+    if model == "singlehdr":
+        s = np.asarray(sigma_s, np.float32) / np.float32(scale)
+        c = np.asarray(sigma_c, np.float32)
+        if xp.__name__ == "torch":
+            return (lin.clamp(min=0.0) * _like(lin, s) + _like(lin, c)) * (scale * strength)
+        std = np.maximum(lin, 0.0) * s
+        std += c
+        std *= np.float32(scale * strength)
+        return std
     s2 = np.square(np.asarray(sigma_s, np.float32))
     c2 = np.square(np.asarray(sigma_c, np.float32))
     if xp.__name__ == "torch":
@@ -323,9 +503,10 @@ def noise_std(lin, sigma_s, sigma_c, scale: float = 1.0, strength: float = 1.0, 
     return var
 
 
-def camera_noise(lin, sigma_s, sigma_c, eps, scale: float = 1.0, strength: float = 1.0, var_floor: float = 0.0):
+def camera_noise(lin, sigma_s, sigma_c, eps, scale: float = 1.0, strength: float = 1.0, var_floor: float = 0.0,
+                 model: str = "diffhdr"):
     """n = sqrt(L sigma_s^2 + sigma_c^2) * eps (DiffHDR eq. 1), see :func:`noise_std`."""
-    return noise_std(lin, sigma_s, sigma_c, scale, strength, var_floor) * eps
+    return noise_std(lin, sigma_s, sigma_c, scale, strength, var_floor, model) * eps
 
 
 def noisy_frames(lin_frames, shape, params: Params, like=None):
@@ -337,7 +518,7 @@ def noisy_frames(lin_frames, shape, params: Params, like=None):
     eps_iter = ar1_frames(tuple(shape), params.rho, params.seed, params.ar1_init, like=like)
     for lin, eps in zip(lin_frames, eps_iter):
         n = noise_std(lin, params.sigma_s, params.sigma_c, params.noise_scale, params.noise_strength,
-                      params.var_floor)
+                      params.var_floor, params.noise_model)
         n *= eps
         n += lin
         yield n
@@ -439,7 +620,7 @@ def degrade(hdr, params: Params, return_linear: bool = False):
             lin = hdr[t, r : r + rows] * g
             if noisy:
                 n = noise_std(lin, params.sigma_s, params.sigma_c, params.noise_scale, params.noise_strength,
-                              params.var_floor)
+                              params.var_floor, params.noise_model)
                 n *= eps[r : r + rows]
                 lin += n
             out[t, r : r + rows] = linear_to_ldr8(lin, params.quantize, params.transfer)
@@ -466,7 +647,7 @@ def visible_noise_8bit(preset: Preset, L: float) -> float:
     """Noise std in 8-bit sRGB steps at linear level L, for the preset's largest sigmas (first-order propagation
     through the sRGB OETF)."""
     std = float(noise_std(np.array([L], np.float32), preset.sigma_s_range[1], preset.sigma_c_range[1],
-                          preset.noise_scale, preset.noise_strength, preset.var_floor)[0])
+                          preset.noise_scale, preset.noise_strength, preset.var_floor, preset.noise_model)[0])
     h = max(L * 1e-4, 1e-9)
     slope = float((srgb_oetf(np.array(L + h)) - srgb_oetf(np.array(max(L - h, 0.0)))) / (2 * h))
     return std * slope * 255.0

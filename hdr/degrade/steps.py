@@ -8,6 +8,8 @@ returns what was drawn (recorded in aug.json ``params.steps``); :func:`apply_lin
 them. The stages of a step say where a camera has it:
 
     white_balance  linear, before the noise  per-channel gains of a sampled colour temperature against D65
+    hue_saturation linear, before the noise  HSV hue rotation and saturation offset on sqrt(linear) (HDRCNN's virtual
+                                             camera), the largest channel kept
     curve          the encoding              the response curve the quantiser and the masks use (hdr.degrade.curves)
     tmo            the encoding              a tone-mapping operator instead of a curve (OpenCV's Reinhard, Drago,
                                              Mantiuk, or percentile exposure; ExpandNet's random TMO per clip)
@@ -30,12 +32,16 @@ from hdr.degrade import curves
 # field -> default distribution, per step; the stage says where it runs
 STEPS: dict[str, dict] = {
     "white_balance": {"stage": "linear", "fields": {"probability": 1.0, "kelvin": [3500.0, 9000.0]}},
+    # gabrieleilertsen/hdrcnn training_code/virtualcamera/virtualcamera.cpp: hue += N(0, 7) degrees, S += N(0, 0.1)
+    "hue_saturation": {"stage": "linear", "cpu_only": True, "fields": {
+        "probability": 1.0, "hue": {"mean": 0.0, "std": 7.0}, "saturation": {"mean": 0.0, "std": 0.1}}},
     "curve": {"stage": "encode", "fields": {
         "family": "sigmoid",  # sigmoid | gamma | file
         "n": {"mean": 0.9, "std": 0.1, "min": 0.5, "max": 1.5},  # HDRCNN's virtual camera: n ~ N(0.9, 0.1)
         "a": {"mean": 0.6, "std": 0.1, "min": 0.2, "max": 1.2},  #                           a ~ N(0.6, 0.1)
         "gamma": [1.8, 2.6],
         "file": None,  # family file: a measured curve the user supplies (DoRF dorfCurves.txt or x y columns)
+        "index": None,  # family file: which of the file's curves (None: one at random per clip)
     }},
     # dmarnerides/hdr-expandnet util.py (random_tone_map, TRAIN_TMO_DICT with randomize=True): one operator per clip,
     # gamma U(1.8, 2.2) and each operator's ranges; the output is mapped to [0, 1] by its min and max
@@ -52,7 +58,7 @@ STEPS: dict[str, dict] = {
     "video": {"stage": "ldr", "cpu_only": True, "fields": {"codec": "libx264", "crf": [18, 32], "gop": 12,
                                                            "preset": "medium", "fps": 24}},
 }
-INT_FIELDS = {"quality", "crf", "gop", "fps"}
+INT_FIELDS = {"quality", "crf", "gop", "fps", "index"}
 
 
 def cpu_only_steps(steps) -> list[str]:
@@ -111,24 +117,31 @@ def sample_steps(steps, seed: int) -> list[dict]:
                 raise StepError(f"steps.tmo.operator: {drawn['operator']!r}; expected one of {', '.join(keep)}")
             drawn = {"step": "tmo", "operator": drawn["operator"], "gamma": drawn["gamma"],
                      **{k: drawn[k] for k in keep[drawn["operator"]]}}
+        if cfg["step"] == "jpeg":  # a draw above 100 is 100 (HDRCNN: min(30 + rand() % 75, 100))
+            drawn["quality"] = min(int(drawn["quality"]), 100)
         if cfg["step"] == "curve":
-            drawn = {"step": "curve", "family": drawn["family"], "transfer": _curve_spec(drawn),
-                     **({"file": drawn["file"]} if drawn["family"] == "file" else {})}
+            drawn = _curve_record(drawn, r)
         out.append(drawn)
     return out
 
 
-def _curve_spec(d: dict) -> str:
+def _curve_record(d: dict, r: np.random.Generator) -> dict:
+    """What a curve step records: its spec, and for a file the file, the curve's index (drawn from the step's
+    stream when not given) and its name."""
     if d["family"] == "sigmoid":
-        return curves.sigmoid_spec(d["n"], d["a"])
+        return {"step": "curve", "family": "sigmoid", "transfer": curves.sigmoid_spec(d["n"], d["a"])}
     if d["family"] == "gamma":
-        return curves.gamma_spec(d["gamma"])
-    if d["family"] == "file":
-        if not d.get("file"):
-            raise StepError("steps.curve: family file needs file: PATH (measured curves such as DoRF cannot be "
-                            "shipped; --set step.curve.file=PATH)")
-        return curves.load_curve_file(d["file"])
-    raise StepError(f"steps.curve.family: {d['family']!r}; expected sigmoid, gamma or file")
+        return {"step": "curve", "family": "gamma", "transfer": curves.gamma_spec(d["gamma"])}
+    if d["family"] != "file":
+        raise StepError(f"steps.curve.family: {d['family']!r}; expected sigmoid, gamma or file")
+    if not d.get("file"):
+        raise StepError("steps.curve: family file needs a measured response-curve file, which cannot be shipped: "
+                        f"download the DoRF database (dorfCurves.txt, Columbia CAVE, {curves.DORF_URL}) and pass "
+                        "--set step.curve.file=PATH/dorfCurves.txt")
+    names = curves.curve_names(d["file"])
+    index = int(r.integers(len(names))) if d.get("index") is None else int(d["index"])
+    return {"step": "curve", "family": "file", "transfer": curves.load_curve_file(d["file"], index),
+            "file": d["file"], "index": index, "curve": names[index]}
 
 
 def transfer_of(drawn: list[dict], default: str = "srgb") -> str:
@@ -139,7 +152,7 @@ def transfer_of(drawn: list[dict], default: str = "srgb") -> str:
             return curves.gamma_spec(d["gamma"])
         if d["step"] == "curve":
             if d["transfer"].startswith("table:"):
-                spec = curves.load_curve_file(d["file"])
+                spec = curves.load_curve_file(d["file"], d.get("index", 0))
                 if spec != d["transfer"]:
                     raise StepError(f"{d['file']}: this curve file is not the one recorded ({d['transfer']})")
             return d["transfer"]
@@ -197,9 +210,45 @@ def like(a: np.ndarray, ref):
     return a
 
 
+def rgb_to_hsv(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """RGB (..., 3) -> hue in degrees [0, 360), saturation (max - min) / max, value max (Smith's hexcone model,
+    SIGGRAPH 1978: what OpenCV's RGB2HSV computes on float images)."""
+    v, lo = x.max(axis=-1), x.min(axis=-1)
+    c = v - lo
+    s = np.divide(c, v, out=np.zeros_like(v), where=v > 0)
+    safe = np.where(c > 0, c, 1.0)
+    r, g, b = x[..., 0], x[..., 1], x[..., 2]
+    h = np.where(v == r, ((g - b) / safe) % 6.0, np.where(v == g, (b - r) / safe + 2.0, (r - g) / safe + 4.0))
+    return np.where(c > 0, 60.0 * h, 0.0), s, v
+
+
+def hsv_to_rgb(h: np.ndarray, s: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """The inverse of :func:`rgb_to_hsv` (hue taken modulo 360)."""
+    hp = (h % 360.0) / 60.0
+    sector = np.minimum(np.floor(hp).astype(np.int64), 5)
+    f = hp - sector
+    p, q, t = v * (1.0 - s), v * (1.0 - s * f), v * (1.0 - s * (1.0 - f))
+    rgb = [(v, t, p), (q, v, p), (p, v, t), (p, q, v), (t, p, v), (v, p, q)]  # the six hue sectors
+    return np.stack([np.choose(sector, [c[k] for c in rgb]) for k in range(3)], axis=-1)
+
+
+def hue_saturation(lin: np.ndarray, hue: float, saturation: float) -> np.ndarray:
+    """Rotate the hue by ``hue`` degrees and add ``saturation`` to the HSV saturation (clamped to [0, 1]), in the
+    sqrt(linear) domain, squared back (gabrieleilertsen/hdrcnn virtualcamera.cpp: pow 0.5, RGB2HSV, H += hue,
+    S += sat, HSV2RGB, pow 2). The HSV value, i.e. each pixel's largest channel, is kept. Frame by frame, float64
+    inside, float32 out."""
+    out = np.empty(lin.shape, np.float32)
+    for t in range(lin.shape[0]):
+        h, s, v = rgb_to_hsv(np.sqrt(np.maximum(lin[t], 0.0).astype(np.float64)))
+        out[t] = np.square(hsv_to_rgb(h + float(hue), np.clip(s + float(saturation), 0.0, 1.0), v))
+    return out
+
+
 def apply_linear(hdr, drawn: list[dict]):
-    """The linear-light steps (before the noise): white balance."""
+    """The linear-light steps (before the exposure and the noise): white balance, hue/saturation."""
     for d in drawn:
+        if d["step"] == "hue_saturation" and d.get("applied", True):
+            hdr = like(hue_saturation(on_cpu(hdr), d["hue"], d["saturation"]), hdr)
         if d["step"] == "white_balance" and d.get("applied", True):
             g = np.asarray(d["gains"], np.float32)
             if type(hdr).__module__.startswith("torch"):
