@@ -59,7 +59,8 @@ def main() -> int:
         preset = replace(base, steps=steps)
         frame = make_ldr(hdr, "single", preset, sample_params(preset, 0)).frames[-1]
         tiles.append(_label(frame, label))
-    rows = [np.concatenate(tiles[i:i + 5], axis=1) for i in range(0, len(tiles), 5)]
+    tiles += [np.zeros_like(tiles[0])] * (-len(tiles) % 4)  # a full last row
+    rows = [np.concatenate(tiles[i:i + 4], axis=1) for i in range(0, len(tiles), 4)]
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     sheet = np.concatenate(rows, axis=0)
     if args.out.endswith(".png"):
