@@ -1,4 +1,5 @@
-"""Write docs/images/augment-steps.jpg: one frame of a bundled HDRI under each camera step and preset.
+"""Write docs/images/augment-steps.jpg: one frame of a bundled HDRI under each camera step and preset, and
+docs/images/motion-blur.jpg: the same frame rendered with the shutter closed, half open and fully open.
 
     python examples/augment_steps_figure.py [--out docs/images/augment-steps.jpg]
 
@@ -70,7 +71,37 @@ def main() -> int:
 
         Image.fromarray(sheet).save(args.out, quality=88)
     print(f"wrote {args.out}")
+    blur_out = str(Path(args.out).with_name("motion-blur.jpg"))
+    motion_blur_sheet(args.hdri, blur_out)
+    print(f"wrote {blur_out}")
     return 0
+
+
+def motion_blur_sheet(hdri: str, out: str) -> None:
+    """A frame of a rotation and of a highlight zoom at --shutter 0, 0.5 and 1 (direct engine, 320x180, 9 frames),
+    through the paper preset at a fixed exposure: the blur is in the HDR, so the LDR carries it."""
+    from PIL import Image
+
+    from render import analysis
+    from render.engines import HdriSource, get_engine
+    from render.hdri import default_hdri_dir
+    from render.programs import plan_clip
+
+    img = read_image(Path(default_hdri_dir()) / hdri)
+    aims = analysis.aims(*analysis.luminance_map(img))
+    tiles = []
+    for program, frame, stops in (("rotation_000", 4, 0.0), ("highlight_zoom_in", 1, -4.0)):
+        preset = replace(PRESETS["paper"], exposure="choice", exposure_choices=(stops,), noise_probability=0.0)
+        plan = plan_clip(program, 9, 0, Path(hdri).stem, aims)
+        for shutter in (0.0, 0.5, 1.0):
+            eng = get_engine("direct", samples=4, backend="torch", shutter=shutter)
+            eng.load(HdriSource(None, img, img.shape[1], img.shape[0]))
+            hdr = next(iter(eng.render(plan, 320, 180, Path(out).parent, only={frame})))[None]
+            eng.close()
+            ldr = make_ldr(hdr, "single", preset, sample_params(preset, 0)).frames[0]
+            tiles.append(_label(ldr, f"{program} --shutter {shutter:g}"))
+    rows = [np.concatenate(tiles[i:i + 3], axis=1) for i in range(0, len(tiles), 3)]
+    Image.fromarray(np.concatenate(rows, axis=0)).save(out, quality=88)
 
 
 def _label(img: np.ndarray, text: str) -> np.ndarray:
