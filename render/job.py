@@ -41,11 +41,11 @@ class RenderSettings:
     frames: int = 81
     width: int = 1280
     height: int = 720
-    samples: int = 16
+    samples: int | None = None  # None: each engine's default (direct: its quality rule)
     seed: int = 0
     programs: tuple[str, ...] = PROGRAMS
     engine: str = "blender"
-    backend: str = "numpy"  # direct engine: numpy or torch
+    backend: str = "auto"  # direct engine: auto (torch when installed), numpy or torch
     max_samples: int = 256  # direct engine: cap of its adaptive sample grid (mip prefiltering beyond)
     half: bool = False
     compression: str = "zip"
@@ -487,7 +487,8 @@ def render_hdri(task: HdriTask) -> HdriResult:
 
 
 def _engine_options(s: RenderSettings) -> dict:
+    samples = {} if s.samples is None else {"samples": s.samples}  # None: the engine's default
     if s.engine == "blender":
-        return {"samples": s.samples, "device": s.device, "threads": s.threads, "shutter": s.shutter}
-    return {"samples": s.samples, "backend": s.backend, "device": s.device, "threads": s.threads,
+        return {**samples, "device": s.device, "threads": s.threads, "shutter": s.shutter}
+    return {**samples, "backend": s.backend, "device": s.device, "threads": s.threads,
             "max_samples": s.max_samples, "shutter": s.shutter}

@@ -52,12 +52,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"comma list of programs ({', '.join(PROGRAMS)}) or groups ({', '.join(GROUPS)})")
     p.add_argument("--frames", type=int, default=81, help="frames per clip")
     p.add_argument("--resolution", type=parse_resolution, default=(1280, 720), help="WIDTHxHEIGHT")
-    p.add_argument("--samples", type=int, default=16, help="Cycles samples per pixel (anti-aliasing of the map)")
+    p.add_argument("--samples", type=int, default=None,
+                   help="samples per pixel: Cycles' count [default: the Blender engine's]; direct engine: at least "
+                   "this many [default: chosen per frame from the map's texels per pixel, any map size]")
     p.add_argument("--seed", type=int, default=0, help="dataset seed; every clip's draws derive from it")
     p.add_argument("--engine", choices=ENGINES, default="blender",
                    help="blender (Cycles) or direct (the same frames as a re-projection; validated against Cycles)")
-    p.add_argument("--backend", choices=("numpy", "torch"), default="numpy",
-                   help="array library of the direct engine (torch runs on --device cuda when there is a GPU)")
+    p.add_argument("--backend", choices=("auto", "numpy", "torch"), default="auto",
+                   help="array library of the direct engine: auto = torch when it is installed (several times "
+                   "faster; on --device cuda when there is a GPU), else numpy")
     p.add_argument("--max-samples", type=int, default=256,
                    help="direct engine: cap of its adaptive per-pixel sample grid; above it the map is mip-prefiltered "
                    "(faster on 16k maps, ~1-3%% less accurate next to small suns)")
@@ -200,7 +203,7 @@ def main(argv=None) -> int:
     use_ray = not args.no_ray
 
     print(f"{len(entries)} HDRIs in {hdris_url}; {len(programs)} programs x {args.frames} frames at {w}x{h}, "
-          f"{args.samples} samples, engine {args.engine} -> {out.uri()}", file=sys.stderr)
+          f"{args.samples or 'default'} samples, engine {args.engine} -> {out.uri()}", file=sys.stderr)
     print(f"clips: {n_clips} planned, {n_done} already complete, {len(conflicts)} made with other settings, "
           f"{n_todo} to render ({n_todo * args.frames} frames)", file=sys.stderr)
 
