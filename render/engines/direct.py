@@ -7,8 +7,9 @@ It reproduces, as Cycles does it and measured against Cycles in the tests:
   wraps in longitude and across the poles (row -1 is row 0 half a turn away);
 - Cycles' pixel filter: Blackman-Harris with the scene's filter size 1.5 px, which Cycles doubles for this filter
   (``filter_table`` in Cycles' film code), so the footprint is 3 px; Cycles draws the x and y offsets independently
-  (a separable filter). Here it is integrated deterministically on a grid of k x k samples per pixel
-  (k = round(sqrt(samples))) that neighbouring pixels share, i.e. the noise-free expectation of Cycles' estimate;
+  (a separable filter). Here it is integrated deterministically on a grid of k x k samples per pixel that
+  neighbouring pixels share, i.e. the noise-free expectation of Cycles' estimate; k comes from ``QUALITY_RULE`` by
+  default (or from ``samples``: k = round(sqrt(samples)) at least);
 - anti-aliasing when a pixel covers many texels: the number of texels per output pixel (at the image centre, in
   texels of the equator) is computed per frame and recorded in clip.json; the sample grid is refined until samples
   are at most 0.2 texel apart (k <= 16), and beyond that the map is prefiltered by 2x2 box averaging (mip levels);
@@ -264,8 +265,8 @@ def render_frame(ops: _Ops, level: dict, focal_mm: float, euler, width: int, hei
         r1 = min(height, r0 + band_rows)
         ys = (0.5 - (np.arange(k * (r1 - r0) + 2 * margin) + (k * r0 + 0.5 - margin)) / k / height) * sh
         dx, dy, dz = (col_terms[i][None, :] + ops.asarray(r[i, 1] * ys + r[i, 2] * zs)[:, None] for i in range(3))
-        azimuth = xp.arctan2(dy, dx) if not torch_mode else xp.atan2(dy, dx)
-        polar = (xp.arctan2 if not torch_mode else xp.atan2)(xp.hypot(dx, dy), dz)
+        azimuth = xp.arctan2(dy, dx)
+        polar = xp.arctan2(xp.hypot(dx, dy), dz)
         del dx, dy, dz
         if torch_mode:
             grid = xp.stack([azimuth.mul_(gx_scale), polar.mul_(gy_scale).add_(gy_offset)], -1)[None]
