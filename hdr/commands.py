@@ -15,6 +15,7 @@ from hdr import cli
 
 # stage -> (module whose main(argv) runs it, one-line description)
 STAGES: dict[str, tuple[str, str]] = {
+    "fetch": ("render.fetch", "download the Poly Haven HDRI library (verified, resumable, with source records)"),
     "render": ("render.run", "render HDR camera clips from equirectangular HDRIs (Blender Cycles or the direct "
                "engine)"),
     "augment": ("augment.run", "degrade every rendered clip into realistic LDR video with exposure masks"),

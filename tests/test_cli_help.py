@@ -11,7 +11,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 COMMANDS = [
-    ["render.run"], ["augment.run"], ["caption.run"], ["caption.tiny"],
+    ["render.run"], ["render.fetch"], ["hdr.commands", "fetch"], ["augment.run"], ["caption.run"], ["caption.tiny"],
     ["manifests"], ["manifests", "build"], ["manifests", "verify"], ["manifests", "diff"], ["manifests", "export"],
     ["manifests", "report"], ["manifests", "list"], ["manifests", "show"],
     ["train.run"], ["train.infer"], ["train.infer", "--model", "hdrvdiff"],
