@@ -43,10 +43,11 @@ def aug_id(task: AugTask, index: int) -> str:
     return layout.aug_id(kind_of(task.alternating), task.preset, index)
 
 
-def _write_png(scratch, store: Store, rel: str, img: np.ndarray) -> int:
+def _write_png(scratch, store: Store, rel: str, img: np.ndarray) -> dict:
+    """Publish one PNG; returns its file record (bytes, sha256, mtime/etag) for aug.json."""
     tmp = scratch / rel.replace("/", "_")
     write_png(tmp, img)
-    return store.publish(tmp, rel)
+    return store.publish_recorded(tmp, rel)
 
 
 def write_preview(path, frames: np.ndarray, fps: int = 24) -> None:
@@ -101,17 +102,16 @@ def augment_clip(task: AugTask) -> dict:
             store.remove(rel)
             made = make_ldr(hdr_frames, kind, preset, params)
             ldr = made.frames
-            files = []
+            files, records = [], {}
             for t in range(len(ldr)):
-                _write_png(scratch, store, f"{rel}/{layout.LDR_FRAME % t}", ldr[t])
-                _write_png(scratch, store, f"{rel}/{layout.OVER_MASK % t}",
-                           np.round(made.over[t] * 255).astype(np.uint8))
-                _write_png(scratch, store, f"{rel}/{layout.UNDER_MASK % t}",
-                           np.round(made.under[t] * 255).astype(np.uint8))
+                for name, img in ((layout.LDR_FRAME % t, ldr[t]),
+                                  (layout.OVER_MASK % t, np.round(made.over[t] * 255).astype(np.uint8)),
+                                  (layout.UNDER_MASK % t, np.round(made.under[t] * 255).astype(np.uint8))):
+                    records[name] = _write_png(scratch, store, f"{rel}/{name}", img)
                 files.append(layout.LDR_FRAME % t)
             if task.preview:
                 write_preview(scratch / layout.PREVIEW, ldr)
-                store.publish(scratch / layout.PREVIEW, f"{rel}/{layout.PREVIEW}")
+                records[layout.PREVIEW] = store.publish_recorded(scratch / layout.PREVIEW, f"{rel}/{layout.PREVIEW}")
             alternating = None
             if made.alternating:
                 alternating = {**made.alternating,
@@ -137,6 +137,7 @@ def augment_clip(task: AugTask) -> dict:
                 format=made.format,
                 source_clip={"settings": clip.settings, "created": clip.created},
                 step_results=made.step_results or None,
+                file_records=records,
                 toolkit_version=hdr.__version__,
                 created=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
                 seconds=time.perf_counter() - t0,

@@ -47,6 +47,26 @@ def sha256_file(src, chunk: int = 1 << 22) -> str:
     return h.hexdigest()
 
 
+def etag_of(info: dict) -> str | None:
+    """An object's ETag from an fsspec ``info``/``ls(detail=True)`` entry (S3: ``ETag``, GCS: ``etag``), unquoted;
+    None where the store has none (local files)."""
+    tag = info.get("ETag") or info.get("etag") or info.get("Etag")
+    return str(tag).strip('"') or None if tag else None
+
+
+def recorded_matches(record: dict | None, size: int, mtime_ns: int = 0, etag: str | None = None) -> bool:
+    """Whether a file's record (:meth:`Store.publish_recorded`) still describes the file a listing shows: the size,
+    and the mtime or ETag where both the record and the listing have one. A file rewritten in place with the same
+    size on a store that reports neither is not detected here (``manifests verify`` re-reads everything)."""
+    if not record or not record.get("sha256") or record.get("bytes") != size:
+        return False
+    if record.get("mtime_ns") and mtime_ns and record["mtime_ns"] != mtime_ns:
+        return False
+    if record.get("etag") and etag and record["etag"] != etag:
+        return False
+    return True
+
+
 @contextlib.contextmanager
 def atomic_path(dest: str | os.PathLike) -> Iterator[Path]:
     """A temporary path beside local ``dest`` to write to; renamed onto ``dest`` when the block ends without an
@@ -234,6 +254,21 @@ class Store:
             self.fs.put_file(str(local_file), dest)  # one PUT (or a multipart upload that appears only when complete)
             local_file.unlink()
         return size
+
+    def publish_recorded(self, local_file: str | os.PathLike, rel: str) -> dict:
+        """:meth:`publish`, and the file's record for the dataset's JSON records (``manifests build`` trusts it
+        instead of re-reading the file, see :func:`recorded_matches`): ``{"bytes", "sha256"}``, plus ``mtime_ns``
+        on a filesystem (a rename keeps it) or the object's ``etag`` where the store reports one (one HEAD)."""
+        digest = sha256_file(local_file)  # just written: read back from the page cache
+        size = self.publish(local_file, rel)
+        rec = {"bytes": size, "sha256": digest}
+        if self.is_local:
+            rec["mtime_ns"] = os.stat(self.path(rel)).st_mtime_ns
+        else:
+            etag = etag_of(self.fs.info(self.path(rel)))
+            if etag:
+                rec["etag"] = etag
+        return rec
 
     def write_bytes(self, rel: str, data: bytes) -> None:
         dest = self.path(rel)

@@ -52,6 +52,9 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--quick", action="store_true", help="compare sizes and mtimes only (no hashing)")
     v.add_argument("--threads", type=int, default=None, help="hashing threads (default: 2 x cores, at most 8)")
     cli.add_quiet(v)
+    cli.add_ray(v, what="HDRI", helps={
+        "--no-ray": "check the files here with threads (the default unless --address or RAY_ADDRESS names a cluster; "
+        "with one, every HDRI's files are checked by one Ray task: the root must be readable by the workers)"})
 
     e = cmd("export", "export a version for other trainers and tools")
     e.add_argument("version")
@@ -155,7 +158,14 @@ def _run(args, argv) -> int:
         from manifests.ops import verify
 
         m = _open(args.root, args.version)
-        problems = verify(m, quick=args.quick, threads=args.threads, progress=not args.quiet)
+        from hdr.cluster import ClusterError
+
+        try:
+            problems = verify(m, quick=args.quick, threads=args.threads, progress=not args.quiet,
+                              use_ray=cli.ray_is_remote(args), opts=cli.ray_options(args, retry_exceptions=False))
+        except ClusterError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
         for line in problems:
             print(line)
         n = int(m.record_dict["counts"]["files"])

@@ -1,9 +1,12 @@
 """``build``: scan rendered clips, augmentations and captions, hash every file, assign HDRI-level splits and publish
 a new immutable version (``manifests/vNNNN.parquet`` then ``manifests/vNNNN.json``).
 
-Hashes: SHA-256 of every file (hashlib/OpenSSL; with SHA-NI it out-runs BLAKE2b here, see README). A file whose
-size and mtime equal those recorded in the parent version keeps its recorded hash (like git's index) unless
-``rehash=True``; ``verify`` always re-hashes.
+Hashes: SHA-256 of every file (hashlib/OpenSSL; with SHA-NI it out-runs BLAKE2b here, see README). Unless
+``rehash=True``, a hash is not recomputed when it is known: a file whose size and mtime equal those recorded in the
+parent version keeps that hash (like git's index); otherwise a file whose writer recorded it (clip.json ``frames``,
+aug.json ``file_records``: bytes, sha256, and the mtime or the object's ETag, :func:`hdr.storage.recorded_matches`)
+takes the writer's hash; the JSON records themselves are hashed from the bytes the scan reads. So a build reads no
+frame that its writer recorded. ``verify`` always re-hashes.
 
     clip_hash = sha256 over "<path>\\t<bytes>\\t<sha256>\\n" of the clip's files, sorted by path
     root_hash = sha256 over "<key>\\t<split>\\t<clip_hash>\\n" of all clips, sorted by key
@@ -30,7 +33,7 @@ from tqdm import tqdm
 
 import hdr
 from hdr.seeding import derive_seed
-from hdr.storage import Store, UnsafePathError, sha256_file
+from hdr.storage import Store, UnsafePathError, etag_of, recorded_matches, sha256_file
 from hdr.dataset import layout
 from hdr.dataset.layout import (AUG_JSON, CAPTION_JSON, CLIP_JSON, LDR_DIR, MANIFEST_DIR, ManifestError,
                                 check_inside, list_versions, real_root, version_files, version_name)
@@ -106,6 +109,8 @@ class FileEntry:
     bytes: int
     mtime_ns: int
     sha256: str | None = None
+    etag: str | None = None  # the object store's ETag from the listing, where it has one
+    recorded: dict | None = None  # the writer's record of the file (clip.json frames, aug.json file_records)
 
 
 @dataclass
@@ -117,16 +122,16 @@ class ClipScan:
     problems: list = field(default_factory=list)
 
 
-def _listdir(store: Store, rel: str) -> dict[str, tuple[int, int, bool]]:
-    """name -> (bytes, mtime_ns, is_dir) of the entries directly inside ``rel`` (symlinks are followed for the size
-    but must stay inside the root, which the callers check)."""
+def _listdir(store: Store, rel: str) -> dict[str, tuple[int, int, bool, str | None]]:
+    """name -> (bytes, mtime_ns, is_dir, etag) of the entries directly inside ``rel`` (symlinks are followed for the
+    size but must stay inside the root, which the callers check; etag: None on filesystems)."""
     if store.is_local:
         out = {}
         try:
             with os.scandir(store.path(rel)) as it:
                 for e in it:
                     st = e.stat(follow_symlinks=True) if e.is_symlink() else e.stat(follow_symlinks=False)
-                    out[e.name] = (st.st_size, st.st_mtime_ns, stat.S_ISDIR(st.st_mode))
+                    out[e.name] = (st.st_size, st.st_mtime_ns, stat.S_ISDIR(st.st_mode), None)
         except FileNotFoundError:
             return {}
         return out
@@ -144,7 +149,7 @@ def _listdir(store: Store, rel: str) -> dict[str, tuple[int, int, bool]]:
             mns = int(float(m) * 1e9) if m is not None else 0
         except (TypeError, ValueError):
             mns = 0
-        out[name] = (int(e.get("size") or 0), mns, e.get("type") == "directory")
+        out[name] = (int(e.get("size") or 0), mns, e.get("type") == "directory", etag_of(e))
     return out
 
 
@@ -182,19 +187,19 @@ def scan_clip(store: Store, hdri_id: str, clip_id: str, root_real: str | None) -
     listing = _listdir(store, crel)
     files: list[FileEntry] = []
 
-    def add(rel: str, entry) -> None:
+    def add(rel: str, entry, recorded: dict | None = None) -> None:
         if root_real is not None:
             check_inside(store, rel, root_real)
-        files.append(FileEntry(rel, entry[0], entry[1]))
+        files.append(FileEntry(rel, entry[0], entry[1], etag=entry[3], recorded=recorded))
 
     frames = [f"{crel}/{name}" for name in meta.files]
-    for name in meta.files:
-        add(f"{crel}/{name}", listing[name])
-    add(f"{crel}/{CLIP_JSON}", listing[CLIP_JSON])
+    for fr in meta.frames:
+        add(f"{crel}/{fr['file']}", listing[fr["file"]], fr)
+    add(f"{crel}/{CLIP_JSON}", listing[CLIP_JSON], meta.file_digest)
 
     problems, augs, aug_settings = [], [], []
     ldr = _listdir(store, f"{crel}/{LDR_DIR}") if LDR_DIR in listing else {}
-    for aid in sorted(n for n, (_, _, is_dir) in ldr.items() if is_dir and not n.startswith(".")):
+    for aid in sorted(n for n, (_, _, is_dir, _) in ldr.items() if is_dir and not n.startswith(".")):
         arel = layout.aug_rel(hdri_id, clip_id, aid)
         check_inside(store, arel, root_real)
         alist = _listdir(store, arel)
@@ -213,8 +218,9 @@ def scan_clip(store: Store, hdri_id: str, clip_id: str, root_real: str | None) -
             problems.append(f"{arel}: {len(missing)} files listed in {AUG_JSON} are missing (first: {missing[0]}); "
                             "augmentation left out")
             continue
+        records = {**(aug.file_records or {}), AUG_JSON: aug.file_digest}
         for n in aug.files + [AUG_JSON]:
-            add(f"{arel}/{n}", alist[n])
+            add(f"{arel}/{n}", alist[n], records.get(n))
         params = dict(aug.params)
         if aug.alternating:
             params["alternating"] = aug.alternating
@@ -234,7 +240,7 @@ def scan_clip(store: Store, hdri_id: str, clip_id: str, root_real: str | None) -
             caption = {"caption": cap.caption, "overexposed": cap.overexposed, "underexposed": cap.underexposed,
                        "backend": cap.backend, "model": cap.model["id"]}
             cap_settings = {"backend": cap.backend, "model": cap.model, "prompt_hash": cap.prompt_hash}
-            add(crel_cap, listing[CAPTION_JSON])
+            add(crel_cap, listing[CAPTION_JSON], cap.file_digest)
         except RecordError as e:
             problems.append(f"{e}; clip recorded without a caption")
 
@@ -366,13 +372,17 @@ def build(root: str, *, seed: int = 0, test="50", val="0", rehash: bool = False,
                 problems.extend(res.problems)
 
     entries = [f for s in scans for f in s.files]
-    reused = 0
-    if not rehash:
+    reused = recorded = 0
+    if not rehash:  # a hash is trusted from the parent version (size + mtime) or from the writer's record
         for f in entries:
             k = known.get(f.path)
             if k and k[0] == f.bytes and k[1] == f.mtime_ns and f.mtime_ns:
                 f.sha256 = k[2]
                 reused += 1
+            elif recorded_matches(f.recorded, f.bytes, f.mtime_ns, f.etag):
+                f.sha256 = f.recorded["sha256"]
+                recorded += 1
+    hashed = sum(1 for f in entries if f.sha256 is None)
     hash_files(store, entries, threads, progress=progress)
 
     per_hdri = Counter(s.row["hdri_id"] for s in scans)
@@ -412,7 +422,8 @@ def build(root: str, *, seed: int = 0, test="50", val="0", rehash: bool = False,
         "root_hash_definition": ROOT_HASH_DEF,
         "clip_hash_definition": CLIP_HASH_DEF,
         "file_hash": FILE_HASH,
-        "hashing": {"hashed": len(entries) - reused, "reused_from_parent": reused, "rehash": bool(rehash)},
+        "hashing": {"hashed": hashed, "reused_from_parent": reused, "recorded_by_writers": recorded,
+                    "rehash": bool(rehash)},
         "split": {"settings": split_settings, "method": SPLIT_METHOD,
                   "inherited_from": parent if inherit else None, "clips": split_counts, "hdris": hdri_counts,
                   "test_hdris": sorted(h for h, v in assignment.items() if v == "test"),

@@ -8,59 +8,108 @@ from dataclasses import dataclass
 
 from tqdm import tqdm
 
-from hdr.storage import UnsafePathError
-from manifests.build import hash_file
+from hdr.dataset.layout import check_inside, real_root
 from hdr.dataset.manifest import Manifest
+from hdr.storage import Store, UnsafePathError
+from manifests.build import hash_file
 
 
-def verify(m: Manifest, quick: bool = False, threads: int | None = None, progress: bool = True) -> list[str]:
-    """One line per missing or changed file (empty list: the data is exactly what the version recorded)."""
+def check_file(store: Store, e: dict, quick: bool = False, root_real: str | None = None) -> str | None:
+    """One line if the file of manifest entry ``e`` (path, bytes, mtime_ns, sha256) is missing or changed, else
+    None. ``quick``: sizes and mtimes only. ``root_real``: the local root's real path (symlinks must stay inside)."""
+    rel = e["path"]
+    try:
+        if store.is_local:
+            path = check_inside(store, rel, root_real)
+            try:
+                st = os.stat(path)
+            except FileNotFoundError:
+                return f"{rel}: missing"
+            size, mtime = st.st_size, st.st_mtime_ns
+        else:
+            if not store.exists(rel):
+                return f"{rel}: missing"
+            size, mtime = store.size(rel), None
+        if size != e["bytes"]:
+            return f"{rel}: size changed ({size} bytes, the manifest says {e['bytes']})"
+        if quick:
+            if mtime is not None and e["mtime_ns"] and mtime != e["mtime_ns"]:
+                return f"{rel}: modified after the build (mtime changed; run verify without --quick)"
+            return None
+        h = hash_file(store, rel)
+        if h != e["sha256"]:
+            return f"{rel}: content changed (sha256 {h[:16]}..., the manifest says {e['sha256'][:16]}...)"
+    except UnsafePathError as ex:
+        return str(ex)
+    except OSError as ex:
+        return f"{rel}: unreadable ({ex})"
+    return None
+
+
+@dataclass(frozen=True)
+class VerifyTask:
+    """The files of one HDRI of a version, checked by one Ray task (:func:`verify_task`)."""
+
+    root: str
+    hdri_id: str
+    entries: tuple  # manifest file entries (dicts)
+    quick: bool = False
+    threads: int = 0
+
+
+def _check_all(store: Store, entries, quick: bool, threads: int, on_done=None) -> list[str | None]:
+    root_real = real_root(store)
+
+    def one(e):
+        try:
+            return check_file(store, e, quick, root_real)
+        finally:
+            if on_done:
+                on_done(e)
+
+    with ThreadPoolExecutor(threads or min(8, (os.cpu_count() or 1) * 2)) as ex:
+        return list(ex.map(one, entries))
+
+
+def verify_task(task: VerifyTask) -> list[str | None]:
+    """The problem (or None) of every file of ``task``, in order; the plain function a Ray task runs."""
+    return _check_all(Store(task.root), task.entries, task.quick, task.threads)
+
+
+def verify(m: Manifest, quick: bool = False, threads: int | None = None, progress: bool = True,
+           use_ray: bool = False, opts=None) -> list[str]:
+    """One line per missing or changed file, in the manifest's order (empty list: the data is exactly what the
+    version recorded). With ``use_ray`` every HDRI's files are checked by one Ray task (:mod:`hdr.cluster`; the
+    root must be readable by the workers: an object store or a shared filesystem), else by threads here."""
     t = m.files_table()
     entries = [f for files in t["files"].to_pylist() for f in files]
-    store = m.store
-    problems: list[str | None] = [None] * len(entries)
     bar = tqdm(total=sum(e["bytes"] for e in entries), unit="B", unit_scale=True, desc="verify", file=sys.stderr,
                disable=not progress, dynamic_ncols=True)
+    if not use_ray:
+        problems = _check_all(m.store, entries, quick, threads or 0, on_done=lambda e: bar.update(e["bytes"]))
+        bar.close()
+        return [p for p in problems if p]
+    from hdr.cluster import run_tasks
 
-    def one(i: int) -> None:
-        e = entries[i]
-        rel = e["path"]
-        try:
-            if store.is_local:
-                path = m.local_file(rel)
-                try:
-                    st = os.stat(path)
-                except FileNotFoundError:
-                    problems[i] = f"{rel}: missing"
-                    return
-                size, mtime = st.st_size, st.st_mtime_ns
-            else:
-                if not store.exists(rel):
-                    problems[i] = f"{rel}: missing"
-                    return
-                size, mtime = store.size(rel), None
-            if size != e["bytes"]:
-                problems[i] = f"{rel}: size changed ({size} bytes, the manifest says {e['bytes']})"
-            elif quick:
-                if mtime is not None and e["mtime_ns"] and mtime != e["mtime_ns"]:
-                    problems[i] = f"{rel}: modified after the build (mtime changed; run verify without --quick)"
-            else:
-                h = hash_file(store, rel)
-                if h != e["sha256"]:
-                    problems[i] = (f"{rel}: content changed (sha256 {h[:16]}..., the manifest says "
-                                   f"{e['sha256'][:16]}...)")
-        except UnsafePathError as ex:
-            problems[i] = str(ex)
-        except OSError as ex:
-            problems[i] = f"{rel}: unreadable ({ex})"
-        finally:
-            bar.update(e["bytes"])
+    groups: dict[str, list[int]] = {}
+    for i, e in enumerate(entries):
+        groups.setdefault(e["path"].split("/", 1)[0], []).append(i)
+    tasks = [VerifyTask(m.store.url, h, tuple(entries[i] for i in idx), quick, threads or 0)
+             for h, idx in groups.items()]
+    found: dict[int, str | None] = {}
 
-    threads = threads or min(8, (os.cpu_count() or 1) * 2)
-    with ThreadPoolExecutor(threads) as ex:
-        list(ex.map(one, range(len(entries))))
+    def done(task: VerifyTask, result) -> None:
+        for i, p in zip(groups[task.hdri_id], result):
+            found[i] = p
+        bar.update(sum(e["bytes"] for e in task.entries))
+
+    def failed(task: VerifyTask, message: str) -> None:
+        found[groups[task.hdri_id][0]] = f"{task.hdri_id}/: could not be verified ({message})"
+        bar.update(sum(e["bytes"] for e in task.entries))
+
+    run_tasks(verify_task, tasks, use_ray=True, opts=opts, on_result=done, on_error=failed)
     bar.close()
-    return [p for p in problems if p]
+    return [found[i] for i in sorted(found) if found[i]]
 
 
 @dataclass

@@ -128,7 +128,7 @@ def test_no_change_no_new_version_and_versions_are_immutable(built):
     write_caption(built, "night", "rotation_000", "a bright lamp", "the dark corner")
     res = build(str(built), test="2", progress=False)
     assert res.version == "v0002" and res.record["parent"] == "v0001"
-    assert res.record["hashing"] == {"hashed": 1, "reused_from_parent": 396, "rehash": False}
+    assert res.record["hashing"] == {"hashed": 0, "reused_from_parent": 396, "recorded_by_writers": 1, "rehash": False}
     assert res.record["counts"]["captions"] == 1
     assert (built / "manifests/v0001.parquet").read_bytes() == v1
     m2 = open_manifest(built, "v2")

@@ -14,6 +14,7 @@ that write them; the fields every consumer relies on are checked here. docs/data
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import typing
 from dataclasses import dataclass, field
@@ -55,6 +56,7 @@ class Record:
     OMIT_IF_NONE: ClassVar[tuple[str, ...]] = ()  # optional keys that are absent (not null) when unset
 
     extra: dict = field(default_factory=dict, repr=False)  # undeclared top-level keys, kept as read
+    file_digest: ClassVar[dict | None] = None  # set by read(): {"bytes", "sha256"} of the file as read
 
     @classmethod
     def schema_id(cls, version: int | None = None) -> str:
@@ -135,13 +137,14 @@ class Record:
     def read(cls, store: Store, rel: str):
         """Read and validate ``rel``; RecordError (one line naming the file) if it is not valid JSON or the schema."""
         where = store.uri(rel)
+        raw = store.read_bytes(rel)
         try:
-            data = json.loads(store.read_bytes(rel))
-        except FileNotFoundError:
-            raise
+            data = json.loads(raw)
         except (ValueError, UnicodeDecodeError) as e:
             raise RecordError(f"{where}: not valid JSON ({e})") from None
-        return cls.from_json(data, where)
+        rec = cls.from_json(data, where)
+        rec.file_digest = {"bytes": len(raw), "sha256": hashlib.sha256(raw).hexdigest()}  # manifests reuse it
+        return rec
 
     def write(self, store: Store, rel: str) -> None:
         """Validate, then write atomically (the store publishes a complete file or nothing)."""
@@ -182,7 +185,7 @@ class ClipMeta(Record):
     radiance: dict  # Rec.709 luminance statistics over the clip
     timing: dict
     host: dict | str | None = None
-    frames: list[dict]  # per frame: index, file, bytes, focal_mm, rotation_euler, view_direction, stats, ...
+    frames: list[dict]  # per frame: index, file, bytes, sha256, mtime_ns | etag, focal_mm, rotation_euler, ...
 
     def validate(self, where: str) -> None:
         for i, fr in enumerate(self.frames):
@@ -213,7 +216,7 @@ class AugMeta(Record):
 
     KIND: ClassVar[str] = "aug"
     FILE: ClassVar[str] = layout.AUG_JSON
-    OMIT_IF_NONE: ClassVar[tuple[str, ...]] = ("alternating", "step_results")
+    OMIT_IF_NONE: ClassVar[tuple[str, ...]] = ("alternating", "step_results", "file_records")
 
     hdri_id: str
     clip_id: str
@@ -231,6 +234,7 @@ class AugMeta(Record):
     format: str
     source_clip: dict
     step_results: list[dict] | None = None  # what the preset's steps did (a codec's bitrate, frame types)
+    file_records: dict | None = None  # file name -> {bytes, sha256, mtime_ns | etag} as written (manifests trust it)
     toolkit_version: str
     created: str
     seconds: float
