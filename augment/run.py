@@ -97,7 +97,8 @@ def main(argv=None) -> int:
         counts={"written": 0, "skipped": 0, "failed": 0},
         record={"preset": preset.name, "preset_source": args.preset, "overrides": dict(overrides),
                 "per_clip": args.per_clip, "kind": args.kind, "alternating": alternating or None, "seed": args.seed},
-        summary="wrote {written} augmentations, {skipped} already done, {failed} failed")
+        summary="wrote {written} augmentations, {skipped} already done, {failed} failed",
+        reads=(args.root,), writes=(args.root,))  # probed on every node before the fan-out (Ray only)
     opts = cli.ray_options(args, retry_exceptions=[OSError, MemoryError])
     return cli.run_stage(run, use_ray=not args.no_ray, opts=opts, quiet=args.quiet)
 

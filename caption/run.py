@@ -11,6 +11,7 @@ from caption.backends import BACKENDS, DEFAULT_MODEL, BackendError, BackendSpec
 from caption.clip import CaptionSettings, CaptionTask, caption_clips, settings_hash
 from caption.frames import MASK_MODES, REINHARD_KEY
 from hdr import cli
+from hdr.cluster import fit_cpus
 from hdr.dataset import layout
 from hdr.storage import Store
 
@@ -64,7 +65,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def caption_ray_options(args, device: str):
     """RayOptions of a caption run: a GPU device asks for GPUs (>= --tensor-parallel) and 1 CPU per task; a model on
-    the CPU asks for all of this machine's CPUs (one model in memory at a time); image statistics for 1 CPU."""
+    the CPU asks for all of this machine's CPUs (on a cluster joined by address: the largest node's), one model in
+    memory at a time; image statistics for 1 CPU."""
     on_gpu = args.backend != "stats" and (device.startswith("cuda") or (device == "auto" and cli.ray_is_remote(args)))
     gpus = args.gpus_per_task
     if gpus is None:
@@ -72,9 +74,15 @@ def caption_ray_options(args, device: str):
     elif on_gpu:
         gpus = max(gpus, float(args.tensor_parallel))
     cpus = args.cpus_per_task
+    opts = cli.ray_options(args, num_gpus=gpus, retry_exceptions=[OSError])
     if cpus is None:
-        cpus = 1 if on_gpu or args.backend == "stats" else os.cpu_count() or 1
-    return cli.ray_options(args, num_cpus=cpus, num_gpus=gpus, retry_exceptions=[OSError])
+        if on_gpu or args.backend == "stats":
+            cpus = 1
+        elif cli.ray_is_remote(args):  # not the driver's cores: they may exceed every node's
+            cpus = fit_cpus(opts, None, use_ray=True, cap=1 << 16)[0]
+        else:
+            cpus = os.cpu_count() or 1
+    return dataclasses.replace(opts, num_cpus=cpus)
 
 
 def main(argv=None) -> int:
@@ -129,8 +137,11 @@ def main(argv=None) -> int:
         problems_field="problems", fatal=(BackendError,),  # a setup error (no model, no vLLM): one line, exit 2
         record={"backend": dataclasses.asdict(spec), "settings": dataclasses.asdict(settings),
                 "prompt_hash": settings_hash(args.backend, settings), "use_ray": use_ray},
-        summary="captioned {written} clips, {skipped} already done, {failed} failed, {conflict} conflicting")
-    return cli.run_stage(run, use_ray=use_ray, opts=caption_ray_options(args, device), quiet=args.quiet)
+        summary="captioned {written} clips, {skipped} already done, {failed} failed, {conflict} conflicting",
+        reads=(args.root,), writes=(args.root,))  # probed on every node before the fan-out (Ray only)
+    opts = caption_ray_options(args, device)
+    run.record["cpus_per_task"] = opts.num_cpus
+    return cli.run_stage(run, use_ray=use_ray, opts=opts, quiet=args.quiet)
 
 
 if __name__ == "__main__":

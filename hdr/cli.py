@@ -7,7 +7,7 @@ parser. Every CLI builds its parser from these so that one concept has one name 
     --set KEY=VALUE    override a config or preset field; VALUE is YAML; dotted keys reach nested fields
     --kind KIND        single | alt2 | alt3: the kind of LDR sequence
     Ray: --no-ray --address --cpus-per-task --gpus-per-task --retries --max-in-flight --tasks-per-worker
-         --ray-resource
+         --ray-resource --stall-seconds --no-feasibility-check
 
 and the one driver of the stages that fan out (render, augment, caption): :func:`run_stage` runs a
 :class:`StageRun` (tasks, a :class:`Tally` per result or error, progress bar, Ctrl-C, run record, summary, exit code).
@@ -24,7 +24,7 @@ from typing import Any, Callable
 import yaml
 from tqdm import tqdm
 
-from hdr.cluster import RayOptions, run_tasks
+from hdr.cluster import ClusterError, RayOptions, run_tasks
 from hdr.dataset.records import KINDS
 
 DEVICE_HELP = "auto (cuda if torch sees a GPU, else cpu), cpu, cuda, cuda:N"
@@ -197,6 +197,10 @@ def add_ray(p, *, cpus_per_task: int | None = 1, gpus_per_task: float | None = 0
         default=tasks_per_worker)
     add("--ray-resource", "only schedule on nodes that advertise this custom resource; repeatable",
         action="append", default=[], metavar="NAME")
+    add("--stall-seconds", "say why (one line) when no task started, finished or reported progress for this long; "
+        "0: never", type=float, default=300)
+    add("--no-feasibility-check", "start even if no alive node can hold a task (an autoscaling cluster that will "
+        "add such nodes); default: stop at once with a one-line error", action="store_true")
     return g
 
 
@@ -210,12 +214,15 @@ def ray_options(args, **overrides) -> RayOptions:
     stage decides itself (``num_gpus`` worked out from the device, ``retry_exceptions``, ...)."""
     fields = dict(address=args.address, num_cpus=args.cpus_per_task or 1, num_gpus=args.gpus_per_task or 0,
                   max_retries=args.retries, max_calls=args.tasks_per_worker, max_in_flight=args.max_in_flight,
-                  resources={r: 0.01 for r in args.ray_resource})
+                  resources={r: 0.01 for r in args.ray_resource},
+                  stall_seconds=getattr(args, "stall_seconds", 300),
+                  check_feasible=not getattr(args, "no_feasibility_check", False))
     fields.update(overrides)
     return RayOptions(**fields)
 
 
 def default_cpus() -> int:
+    """min(4, this machine's cores): render's CPUs per task with --no-ray (with Ray: :func:`hdr.cluster.fit_cpus`)."""
     return min(4, os.cpu_count() or 1)
 
 
@@ -229,7 +236,7 @@ class Tally:
 
     counts: dict[str, int] = field(default_factory=dict)  # increments, e.g. {"written": 3, "failed": 1}
     problems: list = field(default_factory=list)  # kept in the run record; any problem makes the exit code 1
-    units: int = 1  # progress-bar steps the task stands for (render: its clips; caption: its batch's clips)
+    units: int = 1  # progress-bar steps the task stands for (render: its clips' frames; caption: its batch's clips)
     say: list[str] = field(default_factory=list)  # lines printed above the progress bar
 
 
@@ -248,7 +255,9 @@ class StageRun:
     counts: dict[str, int]  # the counters, with their starting values (render: clips already complete)
     summary: str  # the last line, formatted with the counts: "wrote {written} augmentations, {failed} failed"
     total: int | None = None  # progress-bar units (default: one per task)
-    unit: str = "clip"
+    unit: str = "clip"  # what the bar counts (render: "frame")
+    progress: bool = False  # the tasks call hdr.cluster.progress(n): the bar moves while they run
+    postfix: tuple[str, ...] = ()  # counts shown after the bar, e.g. ("rendered", "failed") (default: failed, if any)
     problems: list = field(default_factory=list)  # problems known before the run (render: conflicting clips)
     problems_field: str = "failures"  # the run record's key for the problems
     record: dict = field(default_factory=dict)  # the stage's own run-record fields (settings, ...)
@@ -256,39 +265,54 @@ class StageRun:
     memory_of: Callable[[Any], int] | None = None  # bytes a task needs (Ray's memory resource)
     fatal: tuple[type[BaseException], ...] = ()  # exceptions that stop the run: "error: <msg>", exit code 2
     finish: Callable[[dict, list], str] | None = None  # (run record, problems) -> text appended to the summary
+    reads: tuple[str, ...] = ()  # URLs every node that may run a task must read (probed first through Ray)
+    writes: tuple[str, ...] = ()  # URLs every such node must write under (a probe object is written and deleted)
 
 
 def run_stage(run: StageRun, *, use_ray: bool, opts: RayOptions | None = None, quiet: bool = False) -> int:
     """Run every task of ``run`` through :func:`hdr.cluster.run_tasks` (Ray, or this process with ``use_ray=False``)
     with a progress bar on stderr (none with ``quiet``), tally the results, write the run record under
     ``<root>/_runs/`` and print a one-line summary. Returns the exit code: 0, 1 when there were problems, 2 after a
-    ``fatal`` exception (one line ``error: ...``), 130 after Ctrl-C (finished work is kept: rerunning resumes)."""
+    ``fatal`` exception or a :class:`hdr.cluster.ClusterError` (one line ``error: ...``: no node can hold a task, a
+    node cannot reach the storage), 130 after Ctrl-C (finished work is kept: rerunning resumes). Lines about a stalled
+    run are printed above the bar."""
     from hdr.dataset import layout
 
     started = time.time() if run.started is None else run.started
     counts, problems = dict(run.counts), list(run.problems)
     total = len(run.tasks) if run.total is None else run.total
-    bar = tqdm(total=total, unit=run.unit, desc=run.stage, dynamic_ncols=True, file=sys.stderr, disable=quiet)
+    bar = tqdm(total=total, unit=run.unit, desc=run.stage, dynamic_ncols=True, file=sys.stderr, disable=quiet,
+               smoothing=0.1)
+    provisional: dict[int, int] = {}  # id(task) -> units its progress reports moved the bar by, until it ends
 
-    def tally(t: Tally) -> None:
+    def moved(task, n: int) -> None:
+        if not provisional and not bar.n:  # the first report: the rate (and ETA) is measured from here, not from
+            bar.last_print_t, bar.last_print_n = time.time(), 0  # the start (Ray start-up, map loads, imports)
+        bar.update(n - provisional.get(id(task), 0))
+        provisional[id(task)] = n
+
+    def tally(task, t: Tally) -> None:
         for key, n in t.counts.items():
             counts[key] = counts.get(key, 0) + n
         problems.extend(t.problems)
         for line in t.say:
             tqdm.write(line, file=sys.stderr)
-        bar.update(t.units)
-        if "failed" in counts:
-            bar.set_postfix(failed=counts["failed"], refresh=False)
+        names = run.postfix or (("failed",) if "failed" in counts else ())
+        if names:
+            bar.set_postfix({k: counts.get(k, 0) for k in names}, refresh=False)
+        bar.update(t.units - provisional.pop(id(task), 0))  # the task's own count replaces its reports
 
     try:
         run_tasks(run.fn, run.tasks, use_ray=use_ray, opts=opts, memory_of=run.memory_of, fatal=run.fatal,
-                  on_result=lambda task, value: tally(run.on_result(task, value)),
-                  on_error=lambda task, message: tally(run.on_error(task, message)))
+                  on_result=lambda task, value: tally(task, run.on_result(task, value)),
+                  on_error=lambda task, message: tally(task, run.on_error(task, message)),
+                  on_progress=moved if run.progress else None, say=lambda line: tqdm.write(line, file=sys.stderr),
+                  reads=run.reads, writes=run.writes)
     except KeyboardInterrupt:
         bar.close()
         print(INTERRUPTED, file=sys.stderr)
         return 130
-    except run.fatal as e:
+    except (ClusterError, *run.fatal) as e:
         bar.close()
         print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
         return 2

@@ -564,15 +564,22 @@ def _checked_rgb(img: np.ndarray) -> np.ndarray:
     return img
 
 
-def write_exr(path: str | os.PathLike, img: np.ndarray, *, half: bool = False, compression: str = "zip") -> dict:
+def write_exr(path: str | os.PathLike, img: np.ndarray, *, half: bool = False, compression: str = "zip",
+              threads: int | None = None) -> dict:
     """Write an RGB image as a scanline OpenEXR file with channels R, G, B to a local path.
 
     float32 by default; ``half`` stores float16 after clamping to +-HALF_MAX (counted in ``clamped``), so no inf
     is ever written. ``compression`` is one of :data:`EXR_COMPRESSIONS`. Non-finite input raises ValueError.
+    ``threads``: size of OpenEXR's thread pool, which compresses the file's blocks in parallel (process-wide; the
+    bytes written do not depend on it); 0 or 1 = none, None = leave it as it is.
     """
     if compression not in _EXR_COMPRESSION_ENUMS:
         raise ValueError(f"unknown OpenEXR compression {compression!r}; one of {', '.join(EXR_COMPRESSIONS)}")
     img = _checked_rgb(img)
+    if threads is not None:
+        pool = int(threads) if threads > 1 else 0
+        if OpenEXR.global_thread_count() != pool:
+            OpenEXR.set_global_thread_count(pool)
     clamped = 0
     if half:
         data = np.empty(img.shape, np.float16)

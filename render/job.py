@@ -1,7 +1,9 @@
 """One render job = one HDRI: load it once, render all its clips, publish frames, then clip.json.
 
 This is the plain function a Ray task runs (the driver in :mod:`render.run` stays thin). The same code serves every
-engine: planning, the bad-value policy, statistics, the writer, resume and bookkeeping live here once.
+engine: planning, the bad-value policy, statistics, the writer, resume and bookkeeping live here once. The writer
+(:class:`_FrameWriter`) runs inline or, where the renderer leaves the CPUs free, on a background thread
+(:func:`_pipelined`); each published frame is reported to the driver's progress bar (:func:`hdr.cluster.progress`).
 """
 from __future__ import annotations
 
@@ -9,8 +11,10 @@ import datetime as dt
 import math
 import os
 import platform
+import queue
 import shutil
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,8 +22,10 @@ from pathlib import Path
 import numpy as np
 
 import hdr
+from hdr.cluster import error_line, progress
 from hdr.color import luminance, radiance_stats
-from hdr.io import HdrImageError, equirect_problem, read_header, read_image, sanitize, sanitize_policy, write_exr
+from hdr.io import (EXR_COMPRESSIONS, HdrImageError, equirect_problem, read_header, read_image, sanitize,
+                    sanitize_policy, write_exr)
 from hdr.seeding import SEED_DERIVATION
 from hdr.storage import Store, sha256_file
 from hdr.dataset import layout
@@ -29,6 +35,10 @@ from render.engines import EngineError, HdriSource, get_engine
 from render.programs import PROGRAMS, ClipPlan, plan_clip
 
 STATS_SAMPLE = 16384  # luminance values kept per frame for clip percentiles
+# The writer (clamp, statistics, EXR, publish) runs on a background thread, fed by a queue of WRITE_QUEUE frames, when
+# the renderer leaves the CPUs free or the output is uploaded (_pipelined); PIPELINE True/False forces it either way.
+PIPELINE: bool | None = None
+WRITE_QUEUE = 2
 # What a map's negative texels become (README, "Bad input"): "signed" renders the decoded map as it is and clamps each
 # filtered pixel at 0 (Blender renders its positive and negative parts as two non-negative maps and subtracts);
 # "redistribute" fills them from their positive neighbours (hdr.io.redistribute_negative); "clamp" sets them to 0.
@@ -47,8 +57,10 @@ class RenderSettings:
     engine: str = "blender"
     backend: str = "auto"  # direct engine: auto (torch when installed), numpy or torch
     max_samples: int = 256  # direct engine: cap of its adaptive sample grid (mip prefiltering beyond)
+    noise_threshold: float | None = None  # blender: Cycles' adaptive threshold (None: default, or fixed with samples)
+    min_samples: int | None = None  # blender, adaptive: samples before the first convergence test (None: default)
     half: bool = False
-    compression: str = "zip"
+    compression: str = "auto"  # an EXR codec, or auto (exr_compression)
     device: str = "auto"
     threads: int = 0
     overwrite: bool = False
@@ -59,9 +71,25 @@ class RenderSettings:
         if not 0.0 <= self.shutter <= 1.0:
             raise ValueError(f"--shutter {self.shutter}: a fraction of the frame interval in [0, 1] "
                              "(0 = no motion blur, 0.5 = a 180 degree shutter)")
+        if (self.noise_threshold is not None and self.noise_threshold < 0) or \
+                (self.min_samples is not None and self.min_samples < 0):
+            raise ValueError(f"--noise-threshold {self.noise_threshold} / --min-samples {self.min_samples}: "
+                             "must be >= 0 (threshold 0 = fixed sampling)")
+        if self.compression != "auto" and self.compression not in EXR_COMPRESSIONS:
+            raise ValueError(f"--compression {self.compression}: one of auto, {', '.join(EXR_COMPRESSIONS)}")
         if self.negative_texels not in NEGATIVE_TEXELS:
             raise ValueError(f"unknown negative-texel policy {self.negative_texels!r}; "
                              f"one of {', '.join(NEGATIVE_TEXELS)}")
+
+    def _blender_sampling(self) -> dict:
+        """Blender's resolved sampling for the fingerprint: the adaptive settings when adaptive (the quality default
+        records its numbers, so clips made at another default conflict); fixed sampling adds nothing to ``samples``."""
+        from render.engines.blender import resolve_sampling  # no bpy import at module level
+
+        samples, threshold, min_samples = resolve_sampling(self.samples, self.noise_threshold, self.min_samples)
+        if threshold <= 0:
+            return {}
+        return {"samples": samples, "noise_threshold": threshold, "min_samples": min_samples}
 
     def fingerprint(self) -> dict:
         """What a finished clip must have been rendered with to be reused on a rerun."""
@@ -72,6 +100,7 @@ class RenderSettings:
             "seed": self.seed,
             "engine": self.engine,
             **({"max_samples": self.max_samples} if self.engine == "direct" else {}),
+            **(self._blender_sampling() if self.engine == "blender" else {}),
             "half": self.half,
             "compression": self.compression,
             "negative_texels": self.negative_texels,
@@ -331,37 +360,103 @@ def _clip_record(task, plan, hdri, engine_info, frames, pooled, out_info, timing
     }
 
 
-def _render_clip(task: HdriTask, out: Store, engine, hdri: _Hdri, program: str, scratch: Path,
-                 negative: dict | None = None) -> dict:
-    """Render, check and publish one clip, then its clip.json. ``negative``: this clip's frames of the map's
-    negative part (:func:`_render_negative_part`), subtracted from the engine's frames before the clamp."""
-    s = task.settings
-    plan: ClipPlan = plan_clip(program, s.frames, s.seed, task.hdri_id, hdri.aims)
-    rel = layout.clip_rel(task.hdri_id, plan.clip_id)
-    if s.overwrite:
-        out.remove(rel)
-    else:  # a partial clip from an interrupted run: drop its stale frames and clip.json
-        for name in layout.list_files(out, rel):
-            if layout.is_frame_name(name) or name == layout.CLIP_JSON:
-                out.remove(f"{rel}/{name}")
-    t_start = time.perf_counter()
-    render_s = write_s = 0.0
-    frames, pooled, clamped = [], [], 0
-    pixel_clamp = {"policy": sanitize_policy("clamp"), "applied": "every frame, after the pixel filter",
-                   "values_clamped": 0, "frames_clamped": 0, "largest_added_fraction": 0.0,
-                   "largest_added_fraction_note": "energy the clamp added to a frame / the frame's sum after it"}
-    out_info: dict = {}
-    it = iter(engine.render(plan, s.width, s.height, scratch))
-    extras = engine.frame_extras(plan, s.width, s.height)
-    for cam, extra in zip(plan.frames, extras):
+class FrameWriteError(Exception):
+    """Writing or publishing one frame failed (disk full, upload refused, ...): its clip fails, the next one goes on."""
+
+
+AUTO_COMPRESSION = ("auto = zip, except none for the direct engine writing on the CPU's critical path (inline): "
+                    "there zip's 5-7x write time would cost more than the 4-14% of disk it saves on float32 frames "
+                    "(docs/render.md, 'Progress and the EXR writer')")
+
+
+def exr_compression(s: RenderSettings, background: bool) -> str:
+    """The EXR codec the frames are written with: ``s.compression``, or for ``auto`` (:data:`AUTO_COMPRESSION`)
+    zip unless the direct engine writes inline (not ``background``)."""
+    if s.compression != "auto":
+        return s.compression
+    return "none" if s.engine == "direct" and not background else "zip"
+
+
+def _pipelined(engine, out: Store) -> bool:
+    """Whether a clip's frames are written on a background thread while the next ones render: when the renderer
+    leaves the CPUs free (its device is a GPU) or the output store is remote (uploads wait on the network); inline
+    otherwise, where the writer would take CPU time from the renderer. :data:`PIPELINE` True/False overrides it."""
+    if PIPELINE is not None:
+        return bool(PIPELINE)
+    return str(engine.info().get("device", "cpu")).lower() != "cpu" or not out.is_local
+
+
+class _FrameWriter:
+    """Clamp, measure, write and publish a clip's frames in order, then report each one (hdr.cluster.progress):
+    inline (:meth:`put` does the work) or on a background thread behind a queue of :data:`WRITE_QUEUE` frames, so the
+    renderer is at most WRITE_QUEUE + 2 frames ahead (one being written, the queue, one just rendered). The first
+    failure is kept: :meth:`put` raises it (the renderer stops), the thread drops what is still queued."""
+
+    def __init__(self, task: HdriTask, out: Store, rel: str, scratch: Path, background: bool):
+        self.s, self.out, self.rel, self.scratch = task.settings, out, rel, scratch
+        self.compression = exr_compression(self.s, background)
+        self.threads = self.s.threads or os.cpu_count() or 1  # OpenEXR's pool: the task's CPUs
+        self.frames: list[dict] = []
+        self.pooled: list[np.ndarray] = []
+        self.clamped, self.info, self.seconds = 0, {}, 0.0
+        self.pixel_clamp = {"policy": sanitize_policy("clamp"), "applied": "every frame, after the pixel filter",
+                            "values_clamped": 0, "frames_clamped": 0, "largest_added_fraction": 0.0,
+                            "largest_added_fraction_note": "energy the clamp added to a frame / the frame's sum "
+                            "after it"}
+        self.error: FrameWriteError | None = None
+        self.cancelled = False
+        self.queue: queue.Queue | None = None
+        self.thread: threading.Thread | None = None
+        if background:
+            self.queue = queue.Queue(maxsize=WRITE_QUEUE)
+            self.thread = threading.Thread(target=self._loop, name=f"exr-writer-{rel}", daemon=True)
+            self.thread.start()
+
+    def record(self) -> dict:
+        """clip.json's ``output.writer``."""
+        if self.queue is None:
+            rec = {"thread": "inline", "queue": 0, "note": "each frame is written before the next one renders"}
+        else:
+            rec = {"thread": "background", "queue": WRITE_QUEUE,
+                   "note": "clamp, statistics, EXR write and publish on a thread while the next frames render "
+                   "(write_seconds is its busy time)"}
+        return {**rec, "exr_threads": self.threads if self.threads > 1 else 0}
+
+    def put(self, cam, extra: dict, img: np.ndarray) -> None:
+        if self.error is not None:
+            raise self.error
+        if self.queue is None:
+            self._timed(cam, extra, img)
+            if self.error is not None:
+                raise self.error
+        else:
+            self.queue.put((cam, extra, img))  # blocks while the queue is full: the writer takes one at a time
+
+    def close(self, cancel: bool = False) -> None:
+        """Wait until every queued frame is published (``cancel``: drop them); raise the first failure."""
+        if self.thread is not None:
+            self.cancelled = self.cancelled or cancel
+            self.queue.put(None)  # the writer keeps taking frames until this, so the put cannot block for good
+            self.thread.join()
+            self.thread = None
+        if self.error is not None and not cancel:
+            raise self.error
+
+    def _loop(self) -> None:
+        while (item := self.queue.get()) is not None:
+            if self.error is None and not self.cancelled:
+                self._timed(*item)
+
+    def _timed(self, cam, extra: dict, img: np.ndarray) -> None:
         t0 = time.perf_counter()
-        img = next(it)
-        render_s += time.perf_counter() - t0
-        if negative and cam.index in negative["frames"]:
-            part = negative["frames"][cam.index]
-            img -= np.load(part)  # the signed map's frame: positive part - negative part
-            part.unlink()
-        t0 = time.perf_counter()
+        try:
+            self._write(cam, extra, img)
+        except Exception as e:  # noqa: BLE001  (this clip fails with the frame named; the next one goes on)
+            self.error = FrameWriteError(f"frame {cam.index} ({layout.frame_name(cam.index)}): {error_line(e)}")
+        self.seconds += time.perf_counter() - t0
+
+    def _write(self, cam, extra: dict, img: np.ndarray) -> None:
+        s, pixel_clamp = self.s, self.pixel_clamp
         # Never a negative or non-finite pixel: clamped at 0 after the filter (a signed map rings below 0 where a
         # pixel resolves its lobes; engines should produce no NaN/inf, if they do the same policy applies), recorded.
         lost = float(-np.minimum(img, 0.0).sum(dtype=np.float64, where=np.isfinite(img))) if img.min() < 0 else 0.0
@@ -372,17 +467,17 @@ def _render_clip(task: HdriTask, out: Store, engine, hdri: _Hdri, program: str, 
             pixel_clamp["largest_added_fraction"] = max(pixel_clamp["largest_added_fraction"],
                                                         lost / max(float(img.sum(dtype=np.float64)), 1e-30))
         lum = luminance(img)
-        tmp = scratch / f"out_{cam.index:04d}.exr"
-        out_info = write_exr(tmp, img, half=s.half, compression=s.compression)
-        clamped += out_info["clamped"]
+        tmp = self.scratch / f"out_{cam.index:04d}.exr"
+        self.info = write_exr(tmp, img, half=s.half, compression=self.compression, threads=self.threads)
+        self.clamped += self.info["clamped"]
         name = layout.frame_name(cam.index)
-        size = out.publish(tmp, f"{rel}/{name}")
+        recorded = self.out.publish_recorded(tmp, f"{self.rel}/{name}")  # bytes, sha256, mtime_ns | etag
         stride = max(1, lum.size // STATS_SAMPLE)
-        pooled.append(lum.ravel()[::stride])
-        frames.append({
+        self.pooled.append(lum.ravel()[::stride])
+        self.frames.append({
             "index": cam.index,
             "file": name,
-            "bytes": size,
+            **recorded,
             "focal_mm": cam.focal_mm,
             "rotation_euler": list(cam.rotation_euler),
             "view_direction": list(cam.view_direction()),
@@ -397,13 +492,54 @@ def _render_clip(task: HdriTask, out: Store, engine, hdri: _Hdri, program: str, 
                    if any(bad[k] for k in ("nan", "posinf", "neginf", "negative")) else {}),
             },
         })
-        write_s += time.perf_counter() - t0
+        progress(1)
+
+
+def _render_clip(task: HdriTask, out: Store, engine, hdri: _Hdri, program: str, scratch: Path,
+                 negative: dict | None = None) -> dict:
+    """Render, check and publish one clip, then its clip.json. ``negative``: this clip's frames of the map's
+    negative part (:func:`_render_negative_part`), subtracted from the engine's frames before the clamp. A frame that
+    cannot be written raises :class:`FrameWriteError` (the clip's published frames are removed, no clip.json)."""
+    s = task.settings
+    plan: ClipPlan = plan_clip(program, s.frames, s.seed, task.hdri_id, hdri.aims)
+    rel = layout.clip_rel(task.hdri_id, plan.clip_id)
+    if s.overwrite:
+        out.remove(rel)
+    else:  # a partial clip from an interrupted run: drop its stale frames and clip.json
+        for name in layout.list_files(out, rel):
+            if layout.is_frame_name(name) or name == layout.CLIP_JSON:
+                out.remove(f"{rel}/{name}")
+    t_start = time.perf_counter()
+    render_s = 0.0
+    writer = _FrameWriter(task, out, rel, scratch, background=_pipelined(engine, out))
+    it = iter(engine.render(plan, s.width, s.height, scratch))
+    try:
+        for cam, extra in zip(plan.frames, engine.frame_extras(plan, s.width, s.height)):
+            t0 = time.perf_counter()
+            img = next(it)
+            render_s += time.perf_counter() - t0
+            if negative and cam.index in negative["frames"]:
+                part = negative["frames"][cam.index]
+                img -= np.load(part)  # the signed map's frame: positive part - negative part
+                part.unlink()
+            writer.put(cam, extra, img)
+        writer.close()
+    except BaseException as e:
+        writer.close(cancel=True)  # the renderer raised or the writer failed: stop the other side too
+        getattr(it, "close", lambda: None)()
+        if isinstance(e, FrameWriteError):
+            for f in writer.frames:  # not a clip without its clip.json: free the space (a rerun redoes it anyway)
+                out.remove(f"{rel}/{f['file']}")
+        raise
+    frames, out_info = writer.frames, writer.info
     total = time.perf_counter() - t_start
     out_info = {
         "pixel_type": out_info.get("pixel_type"),
         "compression": out_info.get("compression"),
-        "clamp": {"value": out_info.get("clamp_value"), "texels_clamped": clamped} if s.half else None,
-        "pixel_clamp": pixel_clamp,
+        **({"compression_rule": AUTO_COMPRESSION} if s.compression == "auto" else {}),
+        "clamp": {"value": out_info.get("clamp_value"), "texels_clamped": writer.clamped} if s.half else None,
+        "pixel_clamp": writer.pixel_clamp,
+        "writer": writer.record(),
     }
     if negative is not None:
         out_info["negative_part"] = {
@@ -417,10 +553,10 @@ def _render_clip(task: HdriTask, out: Store, engine, hdri: _Hdri, program: str, 
     timing = {
         "render_seconds": render_s,
         "seconds_per_frame": render_s / max(1, len(frames)),
-        "write_seconds": write_s,
+        "write_seconds": writer.seconds,
         "total_seconds": total,
     }
-    record = _clip_record(task, plan, hdri, engine.info(), frames, pooled, out_info, timing)
+    record = _clip_record(task, plan, hdri, engine.info(), frames, writer.pooled, out_info, timing)
     fault_point("before-clip-json")
     ClipMeta.from_json(record, f"{rel}/{layout.CLIP_JSON}").write(out, f"{rel}/{layout.CLIP_JSON}")  # last: complete
     return {"status": "rendered", "frames": len(frames), "seconds": total, "render_seconds": render_s}
@@ -468,7 +604,7 @@ def render_hdri(task: HdriTask) -> HdriResult:
                 try:
                     result.clips[program] = _render_clip(task, out, engine, hdri, program, scratch,
                                                          parts.get(program))
-                except EngineError as e:
+                except (EngineError, FrameWriteError) as e:
                     result.clips[program] = {"status": "failed", "detail": f"{task.hdri_rel} / {program}: {e}"}
     except InputError as e:
         result.error = str(e)
@@ -489,6 +625,8 @@ def render_hdri(task: HdriTask) -> HdriResult:
 def _engine_options(s: RenderSettings) -> dict:
     samples = {} if s.samples is None else {"samples": s.samples}  # None: the engine's default
     if s.engine == "blender":
-        return {**samples, "device": s.device, "threads": s.threads, "shutter": s.shutter}
+        adaptive = {k: v for k, v in (("noise_threshold", s.noise_threshold), ("min_samples", s.min_samples))
+                    if v is not None}
+        return {**samples, **adaptive, "device": s.device, "threads": s.threads, "shutter": s.shutter}
     return {**samples, "backend": s.backend, "device": s.device, "threads": s.threads,
             "max_samples": s.max_samples, "shutter": s.shutter}

@@ -8,17 +8,17 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import sys
-import tempfile
 from concurrent.futures import ThreadPoolExecutor
 
 from hdr import cli
-from hdr.cluster import RayOptions, run_tasks
+from hdr.cluster import ClusterError, RayOptions, fit_cpus
 from hdr.dataset import layout
-from hdr.io import read_header
-from hdr.storage import Store, human_bytes
+from hdr.io import HdrImageError, read_header
+from hdr.storage import Store
+from render import estimate
 from render import hdri as hdri_mod
 from render.engines import ENGINES
-from render.job import NEGATIVE_TEXELS, HdriResult, HdriTask, RenderSettings, render_hdri
+from render.job import NEGATIVE_TEXELS, HdriResult, HdriTask, InputError, RenderSettings, render_hdri
 from render.programs import GROUPS, PROGRAMS, parse_programs
 
 FAILURES_FILE = layout.FAILURES_FILE
@@ -53,8 +53,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--frames", type=int, default=81, help="frames per clip")
     p.add_argument("--resolution", type=parse_resolution, default=(1280, 720), help="WIDTHxHEIGHT")
     p.add_argument("--samples", type=int, default=None,
-                   help="samples per pixel: Cycles' count [default: the Blender engine's]; direct engine: at least "
-                   "this many [default: chosen per frame from the map's texels per pixel, any map size]")
+                   help="samples per pixel. Blender: alone, a fixed count; with --noise-threshold, the adaptive "
+                   "maximum [default: adaptive sampling at a quality target, see --noise-threshold]. Direct engine: "
+                   "at least this many [default: chosen per frame from the map's texels per pixel, any map size]")
+    p.add_argument("--noise-threshold", type=float, default=None,
+                   help="Blender: Cycles' adaptive-sampling noise threshold, a pixel stops once its noise estimate is "
+                   "below it; 0 = fixed sampling [default: 0.01 with at most 4096 samples, unless --samples is given "
+                   "alone]")
+    p.add_argument("--min-samples", type=int, default=None,
+                   help="Blender, adaptive: samples per pixel before Cycles first tests convergence (it tests at the "
+                   "next multiple of 16 above) [default: 4]; 0 = Cycles' automatic minimum")
     p.add_argument("--seed", type=int, default=0, help="dataset seed; every clip's draws derive from it")
     p.add_argument("--engine", choices=ENGINES, default="blender",
                    help="blender (Cycles) or direct (the same frames as a re-projection; validated against Cycles)")
@@ -72,7 +80,11 @@ def build_parser() -> argparse.ArgumentParser:
                    "(Cycles' camera motion blur; the direct engine averages sub-frame poses)")
     p.add_argument("--half", action="store_true",
                    help="write half-float EXR (7.6x smaller); radiance above 65504 is clamped and the clamp recorded")
-    p.add_argument("--compression", default="zip", help="EXR compression: zip, piz, zips, none, ...")
+    p.add_argument("--compression", default="auto",
+                   help="EXR compression: auto = zip, except none for the direct engine writing on the CPU (where zip "
+                   "would double a frame's cost to save 4-14%% of disk); zip, zips, piz, rle, none are lossless and "
+                   "read by Blender 5.0 and OpenCV "
+                   "4.11 (they cannot read zstd or htj2k); docs/render.md has the measured sizes and times")
     p.add_argument("--negative-texels", choices=NEGATIVE_TEXELS, default="signed",
                    help="the map's negative texels (lossy DWAA/DWAB ringing): signed = render the decoded map as it "
                    "is, clamp each filtered pixel at 0 (default); redistribute = fill them from positive neighbours "
@@ -84,8 +96,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="print the plan, disk and core-hour estimates; render nothing")
     p.add_argument("--no-probe", action="store_true", help="with --dry-run: skip the one-clip timing probe")
     cli.add_quiet(p)
-    cli.add_ray(p, cpus_per_task=cli.default_cpus(), gpus_per_task=None, tasks_per_worker=4, what="HDRI", helps={
-        "--cpus-per-task": "CPUs reserved per HDRI task (also Cycles' thread count)",
+    cli.add_ray(p, cpus_per_task=None, gpus_per_task=None, tasks_per_worker=4, what="HDRI", helps={
+        "--cpus-per-task": "CPUs reserved per HDRI task (also Cycles' thread count) [default: min(4, the CPUs of the "
+        "largest alive node that has the task's GPUs and --ray-resource; --no-ray or a private local Ray: this "
+        "machine's cores)]",
         "--gpus-per-task": "GPUs reserved per task [default: 1 when --device names a GPU (cuda, optix, hip, oneapi, "
         "metal), else 0; with --device auto on a cluster, give it to place tasks on GPU nodes]",
         "--tasks-per-worker": "recycle a worker process after this many HDRIs (bounds bpy memory growth)",
@@ -113,29 +127,19 @@ def _states(out: Store, entries, settings: RenderSettings) -> dict:
         return dict(zip(keys, states))
 
 
-def _probe(settings: RenderSettings, hdris_url: str, entry, use_ray: bool, opts: RayOptions) -> dict | None:
-    """Render 3 frames of one clip into a temporary root: seconds per frame and bytes per frame."""
-    tmp = tempfile.mkdtemp(prefix="render-probe-")
-    program = settings.programs[0]
-    s = dataclasses.replace(settings, frames=3, programs=(program,), overwrite=False)
-    task = HdriTask(hdris_url, entry.rel, entry.hdri_id, tmp, s)
-    box = {}
-    run_tasks(render_hdri, [task], use_ray=use_ray, opts=opts,
-              on_result=lambda _t, r: box.update(result=r), on_error=lambda _t, m: box.update(error=m))
+def _probe(settings: RenderSettings, hdris_url: str, in_store: Store, entries, states: dict, use_ray: bool,
+           opts: RayOptions):
+    """The run's jobs and the cost terms a probe measures here (:mod:`render.estimate`), or (jobs, None)."""
+    texels = estimate.map_texels(in_store, [e.rel for e in entries])
+    done = () if settings.overwrite else ("complete", "conflict")
+    jobs = [estimate.Job(clips=sum(1 for p in settings.programs if states[(e.hdri_id, p)][0] not in done),
+                         frames=settings.frames, texels=texels[e.rel]) for e in entries]
     try:
-        meta = Store(tmp).read_json(f"{entry.hdri_id}/{program}/{layout.CLIP_JSON}")
-    except (OSError, ValueError):
-        print(f"timing probe failed: {box.get('error') or box.get('result')}", file=sys.stderr)
-        return None
-    finally:
-        import shutil
-
-        shutil.rmtree(tmp, ignore_errors=True)
-    return {
-        "seconds_per_frame": meta["timing"]["seconds_per_frame"],
-        "bytes_per_frame": sum(f["bytes"] for f in meta["frames"]) / len(meta["frames"]),
-        "threads": settings.threads,
-    }
+        probe = estimate.run_probe(settings, hdris_url, entries, texels, use_ray=use_ray, opts=opts)
+    except RuntimeError as e:
+        print(f"timing probe failed: {e}", file=sys.stderr)
+        return jobs, None
+    return jobs, probe
 
 
 def resolve_render_device(args) -> str:
@@ -178,12 +182,32 @@ def main(argv=None) -> int:
         print(f"error: no .exr or .hdr files found in {hdris_url}", file=sys.stderr)
         return 2
 
+    gpus = args.gpus_per_task
+    if gpus is None:
+        gpus = 1.0 if device in GPU_DEVICES or device.startswith("cuda:") else 0.0
+    use_ray = not args.no_ray
+    opts = cli.ray_options(args, num_gpus=gpus, unhealable=(InputError, HdrImageError))
+    try:  # before the tasks are built: the CPUs per task are also Cycles' thread count
+        cpus, cpus_why = fit_cpus(opts, args.cpus_per_task, use_ray=use_ray)
+    except ClusterError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if args.cpus_per_task is None and cpus != cli.default_cpus():
+        print(f"--cpus-per-task {cpus}: {cpus_why} (this machine alone would give {cli.default_cpus()})",
+              file=sys.stderr)
+    args.cpus_per_task, opts = cpus, dataclasses.replace(opts, num_cpus=cpus)  # the dry run's estimate reads args
+
     w, h = args.resolution
-    settings = RenderSettings(frames=args.frames, width=w, height=h, samples=args.samples, seed=args.seed,
-                              programs=programs, engine=args.engine, backend=args.backend,
-                              max_samples=args.max_samples, half=args.half, compression=args.compression,
-                              device=device, threads=args.cpus_per_task, overwrite=args.overwrite,
-                              negative_texels=args.negative_texels, shutter=args.shutter)
+    try:
+        settings = RenderSettings(frames=args.frames, width=w, height=h, samples=args.samples, seed=args.seed,
+                                  programs=programs, engine=args.engine, backend=args.backend,
+                                  max_samples=args.max_samples, noise_threshold=args.noise_threshold,
+                                  min_samples=args.min_samples, half=args.half, compression=args.compression,
+                                  device=device, threads=args.cpus_per_task, overwrite=args.overwrite,
+                                  negative_texels=args.negative_texels, shutter=args.shutter)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     out = Store(args.root)
     states = _states(out, entries, settings)
     todo_entries = [e for e in entries
@@ -196,12 +220,6 @@ def main(argv=None) -> int:
     if args.overwrite:
         n_todo = n_clips
 
-    gpus = args.gpus_per_task
-    if gpus is None:
-        gpus = 1.0 if device in GPU_DEVICES or device.startswith("cuda:") else 0.0
-    opts = cli.ray_options(args, num_gpus=gpus)
-    use_ray = not args.no_ray
-
     print(f"{len(entries)} HDRIs in {hdris_url}; {len(programs)} programs x {args.frames} frames at {w}x{h}, "
           f"{args.samples or 'default'} samples, engine {args.engine} -> {out.uri()}", file=sys.stderr)
     print(f"clips: {n_clips} planned, {n_done} already complete, {len(conflicts)} made with other settings, "
@@ -213,21 +231,22 @@ def main(argv=None) -> int:
             print(f"  {e.hdri_id:32s} {in_store.uri(e.rel)}  to render: {', '.join(left) or '-'}")
         for (hid, p), d in sorted(conflicts.items()):
             print(f"  conflict: {hid}/{p} {d}")
-        probe = None if args.no_probe else _probe(settings, hdris_url, entries[0], use_ray, opts)
-        if probe:
-            frames = n_todo * args.frames
-            cores = args.cpus_per_task
-            print(f"probe ({entries[0].hdri_id}, 3 frames): {probe['seconds_per_frame']:.2f} s/frame on "
-                  f"{cores} cores, {human_bytes(probe['bytes_per_frame'])}/frame")
-            print(f"estimate: {human_bytes(probe['bytes_per_frame'] * frames)} of EXR, "
-                  f"{probe['seconds_per_frame'] * frames * cores / 3600:.2f} core-hours "
-                  f"({probe['seconds_per_frame'] * frames / 3600:.2f} h wall on one {cores}-core task slot)")
+        if not args.no_probe and todo_entries:
+            jobs, probe = _probe(settings, hdris_url, in_store, todo_entries, states, use_ray, opts)
+            if probe:
+                for line in estimate.report(probe, estimate.estimate(probe.terms, jobs), jobs, args.cpus_per_task,
+                                            use_ray):
+                    print(line)
+        elif not todo_entries:
+            print("estimate: nothing to render")
         return 0
 
     conflicting = [] if args.overwrite else [
         {"hdri": hid, "clip": p, "error": f"{hid}/{p} {d}; not overwritten (use another --root, or --overwrite)"}
         for (hid, p), d in sorted(conflicts.items())]
 
+    # The bar counts frames: each published frame moves it (hdr.cluster.progress in render.job), and a finished task
+    # stands for all the frames of the clips it was given to render (rendered, failed or found conflicting).
     def on_result(task: HdriTask, res: HdriResult) -> cli.Tally:
         t = cli.Tally(units=0, say=[f"failed: {res.error}"] if res.error else [])
         for clip_id, c in res.clips.items():
@@ -237,12 +256,14 @@ def main(argv=None) -> int:
             t.counts[st] = t.counts.get(st, 0) + 1
             if st in ("failed", "conflict"):
                 t.problems.append({"hdri": task.hdri_rel, "clip": clip_id, "error": c.get("detail")})
-            t.units += 1
+            t.units += args.frames
         return t
 
     def on_error(task: HdriTask, message: str) -> cli.Tally:
-        left = [p for p in programs if states[(task.hdri_id, p)][0] != "complete"]
-        return cli.Tally(counts={"failed": len(left)}, units=len(left), say=[f"failed: {task.hdri_rel}: {message}"],
+        left = programs if args.overwrite else [p for p in programs
+                                                if states[(task.hdri_id, p)][0] not in ("complete", "conflict")]
+        return cli.Tally(counts={"failed": len(left)}, units=len(left) * args.frames,
+                         say=[f"failed: {task.hdri_rel}: {message}"],
                          problems=[{"hdri": task.hdri_rel, "clip": None, "error": f"{task.hdri_rel}: {message}"}])
 
     def finish(record: dict, failures: list) -> str:
@@ -254,11 +275,14 @@ def main(argv=None) -> int:
         return ""
 
     run = cli.StageRun(
-        stage="render", fn=render_hdri, store=out, argv=argv, total=n_todo,
+        stage="render", fn=render_hdri, store=out, argv=argv, total=n_todo * args.frames, unit="frame", progress=True,
+        postfix=("rendered", "failed"),
         tasks=[HdriTask(hdris_url, e.rel, e.hdri_id, args.root, settings) for e in todo_entries],
         counts={"rendered": 0, "skipped": n_done, "conflict": len(conflicting), "failed": 0}, problems=conflicting,
         on_result=on_result, on_error=on_error, memory_of=lambda t: estimate_task_memory(in_store, t.hdri_rel),
-        record={"settings": dataclasses.asdict(settings), "hdris": hdris_url}, finish=finish,
+        record={"settings": dataclasses.asdict(settings), "hdris": hdris_url,
+                "cpus_per_task": {"value": cpus, "why": cpus_why}}, finish=finish,
+        reads=(hdris_url,), writes=(args.root,),
         summary="rendered {rendered} clips, {skipped} already complete, {failed} failed, {conflict} conflicting")
     return cli.run_stage(run, use_ray=use_ray, opts=opts, quiet=args.quiet)
 

@@ -40,7 +40,7 @@ ROOT = {"render", "augment", "caption"} | {n for n in PARSERS if n.startswith("m
 QUIET = {"render", "augment", "caption", "evaluate", "manifests build", "manifests verify", "manifests export",
          "manifests report"}
 DEVICE = {"render", "caption", "evaluate"}
-RAY = {"render", "augment", "caption"}
+RAY = {"render", "augment", "caption", "manifests verify"}
 RAY_FLAGS = ("--no-ray", "--address", "--cpus-per-task", "--gpus-per-task", "--retries", "--max-in-flight",
              "--tasks-per-worker", "--ray-resource")
 
@@ -68,7 +68,8 @@ def test_every_stage_speaks_the_same_flags(name):
 
 def test_ray_defaults_per_stage():
     r = PARSERS["render"].parse_args([])
-    assert (r.cpus_per_task, r.gpus_per_task, r.tasks_per_worker) == (cli.default_cpus(), None, 4)
+    assert (r.cpus_per_task, r.gpus_per_task, r.tasks_per_worker) == (None, None, 4)  # auto: fit to the nodes
+    assert (r.stall_seconds, r.no_feasibility_check) == (300, False)
     a = PARSERS["augment"].parse_args(["--root", "x"])
     assert (a.cpus_per_task, a.gpus_per_task, a.tasks_per_worker, a.no_ray) == (1, 0.0, 0, False)
     c = PARSERS["caption"].parse_args(["--root", "x"])
@@ -77,6 +78,8 @@ def test_ray_defaults_per_stage():
                                                           "5", "--max-in-flight", "3"]), retry_exceptions=[OSError])
     assert (opts.num_cpus, opts.num_gpus, opts.max_retries, opts.max_in_flight, opts.max_calls) == (1, 0, 5, 3, 0)
     assert opts.resources == {"cpu_pool": 0.01} and opts.retry_exceptions == [OSError]
+    opts = cli.ray_options(PARSERS["render"].parse_args(["--stall-seconds", "7", "--no-feasibility-check"]))
+    assert (opts.stall_seconds, opts.check_feasible) == (7, False)
 
 
 def test_caption_cpus_per_task_default_one_model_at_a_time_on_the_cpu():

@@ -71,7 +71,6 @@ def test_default_sampling_on_a_detailed_map_with_mip_levels_equals_cycles(tmp_pa
     from benchmarks.synthetic_maps import detailed_map
 
     write_exr(tmp_path / "detail.exr", detailed_map(8192), compression="none")
-    runs = {}
     for eng, spp in (("blender", CYCLES_SPP), ("direct", None)):
         s = RenderSettings(width=160, height=90, frames=3, samples=spp, engine=eng, threads=2,
                            programs=("highlight_zoom_in", "rotation_000"))
@@ -155,7 +154,8 @@ def test_filter_and_sampling_rules():
         tpp_16k = texels_per_pixel(18.0, w, h, 8192)
         k, level = quality_sampling(tpp_16k, w, h)
         assert level >= 1 and (k * w) * (k * h) <= max(9 * 1280 * 720, 4 * w * h)
-        assert tpp_16k / 2**level / k <= 0.25
+        assert tpp_16k / 2**level / k <= 0.5  # samples <= 0.5 texel apart on the prefiltered level ...
+        assert quality_sampling(tpp_16k, w, h)[1] == level and tpp_16k / 2 ** (level - 1) / k > 0.5  # ... the finest
 
 
 def test_cli_direct_engine_through_ray(hdri_dir, tmp_path):

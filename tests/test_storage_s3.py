@@ -8,7 +8,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 
 from hdr.storage import Store
 from hdr.dataset import layout
@@ -16,28 +15,6 @@ from hdr.dataset import layout
 REPO = Path(__file__).resolve().parents[1]
 ARGS = ["--programs", "highlight_zoom_in,rotation_000", "--frames", "3", "--resolution", "64x32", "--samples", "1",
         "--engine", "direct", "--cpus-per-task", "1"]
-
-
-@pytest.fixture(scope="module")
-def s3_env():
-    """A moto S3 server on 127.0.0.1 and the environment that points boto/s3fs at it (the standard AWS variables
-    a user sets for any S3-compatible store: MinIO, Ceph, ...)."""
-    from moto.server import ThreadedMotoServer
-
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    env = {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1",
-           "AWS_ENDPOINT_URL_S3": f"http://{host}:{port}"}
-    old = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    yield env
-    for k, v in old.items():
-        if v is None:
-            os.environ.pop(k, None)
-        else:
-            os.environ[k] = v
-    server.stop()
 
 
 def _cli(module: str, *args, env_extra=None):

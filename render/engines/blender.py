@@ -7,10 +7,16 @@ built). After keying, Blender's evaluated camera of every frame is checked again
 the plan's focal length, so Cycles renders exactly the camera the direct engine and clip.json describe. Frames are
 written by Blender as uncompressed float32 EXR into the job's scratch directory in chunks, read back and handed to
 the shared writer, so both engines publish through the same code.
+
+Sampling: Cycles' adaptive sampling by default (``SAMPLES`` max, ``NOISE_THRESHOLD``, ``MIN_SAMPLES``), chosen from
+``benchmarks/cycles_quality.py`` (docs/render.md, "Blender sampling"); ``noise_threshold=0`` gives fixed sampling.
+``adaptive_min_samples`` and ``first_check`` restate Cycles' own rules (``Integrator::get_adaptive_sampling`` and
+``AdaptiveSampling::need_filter`` in intern/cycles) so clip.json can say what every pixel got at least.
 """
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import time
 import warnings
@@ -26,6 +32,39 @@ from render.programs import ClipPlan
 
 GPU_BACKENDS = ("OPTIX", "CUDA", "HIP", "ONEAPI", "METAL")
 CAMERA_TOLERANCE = 1e-5  # max |matrix entry| / relative lens difference between Blender's evaluated camera and plan
+
+# Default sampling (docs/render.md, "Blender sampling"): adaptive, at most SAMPLES per pixel, stopping a pixel once
+# its noise estimate is below NOISE_THRESHOLD; MIN_SAMPLES 0 = Cycles' automatic minimum (adaptive_min_samples).
+SAMPLES = 4096
+NOISE_THRESHOLD = 0.01
+MIN_SAMPLES = 4
+ADAPTIVE_STEP = 16  # Cycles tests convergence every 16 samples (Integrator::get_adaptive_sampling)
+
+
+def adaptive_min_samples(threshold: float, min_samples: int = 0) -> int:
+    """The minimum samples per pixel Cycles uses: ``min_samples`` (at least 4), or with 0 its automatic guess
+    ceil(16 / threshold^0.3) (0.1 -> 32, 0.01 -> 64), computed in float32 as Cycles does."""
+    if threshold > 0 and min_samples == 0:
+        guess = np.float32(16.0) / np.power(np.float32(threshold), np.float32(0.3))
+        return max(4, math.ceil(float(guess)))
+    return max(4, int(min_samples))
+
+
+def resolve_sampling(samples: int | None = None, noise_threshold: float | None = None,
+                     min_samples: int | None = None) -> tuple[int, float, int]:
+    """(samples, noise_threshold, min_samples) Cycles is given. Nothing given: the quality default (adaptive,
+    SAMPLES, NOISE_THRESHOLD, MIN_SAMPLES); ``samples`` alone: fixed sampling at that count (threshold 0), as
+    Cycles' own samples setting means; a threshold > 0: adaptive with ``samples`` as the maximum."""
+    if noise_threshold is None:
+        noise_threshold = NOISE_THRESHOLD if samples is None else 0.0
+    return (SAMPLES if samples is None else int(samples), float(noise_threshold),
+            MIN_SAMPLES if min_samples is None else int(min_samples))
+
+
+def first_check(min_samples: int) -> int:
+    """Samples per pixel when Cycles first tests a pixel's convergence, given the minimum it uses: the first 0-based
+    sample index above ``min_samples`` that ends a step of ``ADAPTIVE_STEP`` (``(min + 1) | (step - 1)``), plus 1."""
+    return ((int(min_samples) + 1) | (ADAPTIVE_STEP - 1)) + 1
 
 
 def _fcurves(id_data) -> list:
@@ -87,11 +126,17 @@ class BlenderEngine(Engine):
     name = "blender"
     needs = "file"
 
-    def __init__(self, samples: int = 16, device: str = "cpu", threads: int = 0, chunk_frames: int = 16,
-                 shutter: float = 0.0):
+    def __init__(self, samples: int | None = None, device: str = "cpu", threads: int = 0, chunk_frames: int = 16,
+                 shutter: float = 0.0, noise_threshold: float | None = None, min_samples: int | None = None):
+        """``samples``: fixed samples per pixel, or the maximum with adaptive sampling (``noise_threshold`` > 0).
+        Neither given: the quality default (adaptive, SAMPLES, NOISE_THRESHOLD, MIN_SAMPLES); ``samples`` alone:
+        fixed sampling at that count, as Cycles' own --samples means."""
         import bpy  # noqa: F401  (fails early, with a clear error, where bpy is missing)
 
-        self.samples = int(samples)
+        self.samples, self.noise_threshold, self.min_samples = resolve_sampling(samples, noise_threshold, min_samples)
+        if self.samples < 1 or self.noise_threshold < 0 or self.min_samples < 0:
+            raise EngineError(f"Blender sampling needs samples >= 1, noise_threshold >= 0 and min_samples >= 0 "
+                              f"(got {self.samples}, {self.noise_threshold}, {self.min_samples})")
         self.shutter = float(shutter)
         self.device = device
         self.threads = int(threads)
@@ -99,6 +144,16 @@ class BlenderEngine(Engine):
         self._device_used = "CPU"
         self._scene = None
         self.camera_check: dict = {}  # of the last keyed clip: Blender's evaluated camera vs the plan
+
+    def sampling(self) -> dict:
+        """What Cycles is asked for, and (adaptive) the samples every pixel gets at least: Cycles' minimum, rounded up
+        to its first convergence test, capped by the maximum."""
+        if self.noise_threshold <= 0:
+            return {"adaptive": False, "samples": self.samples}
+        used = adaptive_min_samples(self.noise_threshold, self.min_samples)
+        return {"adaptive": True, "noise_threshold": self.noise_threshold, "max_samples": self.samples,
+                "min_samples": self.min_samples, "min_samples_used": used, "adaptive_step": ADAPTIVE_STEP,
+                "samples_per_pixel_at_least": min(self.samples, first_check(used))}
 
     # --- setup -----------------------------------------------------------------------------------------
     def _setup_device(self, scene) -> str:
@@ -142,7 +197,11 @@ class BlenderEngine(Engine):
             self._device_used = self._setup_device(scene)
         cyc = scene.cycles
         cyc.samples = self.samples
-        cyc.use_adaptive_sampling = False
+        # threshold 0 with adaptive sampling on would be Cycles' automatic threshold: fixed sampling is "off" here
+        cyc.use_adaptive_sampling = self.noise_threshold > 0
+        cyc.adaptive_threshold = self.noise_threshold
+        cyc.adaptive_min_samples = self.min_samples
+        cyc.time_limit = 0.0
         cyc.use_denoising = False
         cyc.use_animated_seed = False
         cyc.pixel_filter_type = "BLACKMAN_HARRIS"
@@ -210,6 +269,7 @@ class BlenderEngine(Engine):
             "renderer": "CYCLES",
             "device": self._device_used,
             "samples": self.samples,
+            "sampling": self.sampling(),
             "pixel_filter": "BLACKMAN_HARRIS",
             "filter_width_px": 1.5,
             "threads": self.threads or "auto",

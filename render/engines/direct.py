@@ -82,12 +82,14 @@ def sampling_for(tpp: float, k_min: int, k_max: int = MAX_K) -> tuple[int, int]:
 
 
 QUALITY_SPACING_TEXELS = 0.25  # default sampling: samples at most this far apart, in texels of the level used
+QUALITY_MIP_SPACING_TEXELS = 0.5  # ... or, on a 2x2-box mip level (already prefiltered), at most this far apart
 QUALITY_BUDGET = 9 * 1280 * 720  # ... and at most this many per frame (3x3 per pixel at 720p), at least 2x2 per pixel
 QUALITY_RULE = (
     "per frame from the texels per pixel t at the image centre: k x k samples per pixel, k = max(2, ceil(t / 0.25)) "
     "(samples <= 0.25 texel apart), as long as the frame's samples stay within 9 x 1280 x 720; beyond that the "
-    "first 2x2-box mip level where they do. Measured against the dense expectation on 1k-8k maps: >= 46 dB mu-law "
-    "PSNR at 320x180 and 720p, frame means within 1% (docs/render.md)"
+    "finest 2x2-box mip level the budget samples <= 0.5 of its texels apart, with as many samples as the budget "
+    "allows. Measured against the dense expectation on 1k-16k maps: >= 47 dB mu-law PSNR at 320x180 and 720p, frame "
+    "means within 1% (docs/render.md)"
 )
 
 
@@ -96,9 +98,11 @@ def quality_sampling(tpp: float, width: int, height: int) -> tuple[int, int]:
     whatever the map's size, a 16k map included."""
     k_budget = max(2, math.isqrt(QUALITY_BUDGET // max(1, width * height)))
     level = 0
-    while math.ceil(tpp / 2**level / QUALITY_SPACING_TEXELS) > k_budget:
-        level += 1
-    return max(2, math.ceil(tpp / 2**level / QUALITY_SPACING_TEXELS)), level
+    if math.ceil(tpp / QUALITY_SPACING_TEXELS) > k_budget:  # the finest prefiltered level the budget samples densely
+        level = 1
+        while math.ceil(tpp / 2**level / QUALITY_MIP_SPACING_TEXELS) > k_budget:
+            level += 1
+    return min(k_budget, max(2, math.ceil(tpp / 2**level / QUALITY_SPACING_TEXELS))), level
 
 
 class _Ops:
@@ -240,7 +244,7 @@ def render_frame(ops: _Ops, level: dict, focal_mm: float, euler, width: int, hei
     A sample's ray is R (x, y, -f); each of its world components is a column term plus a row term, so a band costs
     three broadcast additions, two ``atan2`` and a ``hypot`` per sample (acos(z / |d|) = atan2(hypot(x, y), z)).
     torch looks up with ``grid_sample`` (the map's padded copy, channels first), numpy gathers texels; both then sum
-    the filter's taps as strided views, in place."""
+    the filter's taps as strided views, in place; torch copies each band channels-last into the frame."""
     xp = ops.xp
     mh, mw = int(level["img"].shape[0]), int(level["img"].shape[1])
     r = camera.euler_matrix(euler) if rotation is None else np.asarray(rotation, np.float64)
@@ -260,7 +264,7 @@ def render_frame(ops: _Ops, level: dict, focal_mm: float, euler, width: int, hei
         # the padded map, centre at 0), y = polar 2 mh / (pi ph) + 2 / ph - 1
         gx_scale, gy_scale, gy_offset = -mw / (math.pi * pw), 2 * mh / (math.pi * ph), 2 / ph - 1
     col_terms = [ops.asarray(r[i, 0] * xs) for i in range(3)]
-    bands = []
+    bands, out = [], None
     for r0 in range(0, height, band_rows):
         r1 = min(height, r0 + band_rows)
         ys = (0.5 - (np.arange(k * (r1 - r0) + 2 * margin) + (k * r0 + 0.5 - margin)) / k / height) * sh
@@ -268,8 +272,10 @@ def render_frame(ops: _Ops, level: dict, focal_mm: float, euler, width: int, hei
         azimuth = xp.arctan2(dy, dx)
         polar = xp.arctan2(xp.hypot(dx, dy), dz)
         del dx, dy, dz
-        if torch_mode:
-            grid = xp.stack([azimuth.mul_(gx_scale), polar.mul_(gy_scale).add_(gy_offset)], -1)[None]
+        if torch_mode:  # the grid's two coordinates copied into place (torch.stack along the last axis is slower)
+            grid = xp.empty((1, *azimuth.shape, 2), dtype=azimuth.dtype, device=azimuth.device)
+            grid[0, :, :, 0].copy_(azimuth.mul_(gx_scale))
+            grid[0, :, :, 1].copy_(polar.mul_(gy_scale).add_(gy_offset))
             del azimuth, polar
             samples = F.grid_sample(padded, grid, mode="bilinear", padding_mode="border", align_corners=False)
             del grid
@@ -277,7 +283,9 @@ def render_frame(ops: _Ops, level: dict, focal_mm: float, euler, width: int, hei
             if k > 1:
                 samples = _filter_axis(ops, samples, 2, width, k, margin, weights)
                 samples = _filter_axis(ops, samples, 1, r1 - r0, k, margin, weights)
-            bands.append(samples)
+            if out is None:
+                out = xp.empty((height, width, 3), dtype=samples.dtype, device=samples.device)
+            out[r0:r1].copy_(samples.permute(1, 2, 0))  # channels last, band by band (no concatenation)
             continue
         col = (0.5 - azimuth / (2 * math.pi)) * mw
         row = polar * (mh / math.pi)
@@ -287,8 +295,7 @@ def render_frame(ops: _Ops, level: dict, focal_mm: float, euler, width: int, hei
             samples = _filter_axis(ops, samples, 0, r1 - r0, k, margin, weights)
         bands.append(samples)
     if torch_mode:
-        out = bands[0] if len(bands) == 1 else xp.cat(bands, 1)
-        return out.permute(1, 2, 0).contiguous()
+        return out
     return bands[0] if len(bands) == 1 else np.concatenate(bands, 0)
 
 
@@ -347,6 +354,7 @@ class DirectEngine(Engine):
             raise EngineError("the direct engine needs the HDRI's pixels")
         self._levels = [self.ops.asarray(source.pixels)]  # numpy: no copy of a float32 map; torch: shares memory
         self._padded = {}
+        self._level(0)  # torch: the padded copy of the map is part of loading it (as Blender loads its image)
 
     def _level(self, k: int) -> dict:
         while len(self._levels) <= k:
