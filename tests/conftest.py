@@ -96,8 +96,8 @@ def no_cuda(monkeypatch):
 
 @pytest.fixture(scope="module")
 def s3_env():
-    """A moto S3 server on 127.0.0.1 for the module, and the environment that points boto/s3fs at it (the standard
-    AWS variables a user sets for any S3-compatible store: MinIO, Ceph, ...); restored afterwards."""
+    """A fresh moto S3 server on 127.0.0.1 for the module (empty buckets), and the environment that points boto/s3fs
+    at it (the standard AWS variables a user sets for any S3-compatible store: MinIO, Ceph); restored afterwards."""
     import os
 
     from moto.server import ThreadedMotoServer
@@ -105,14 +105,22 @@ def s3_env():
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
     host, port = server.get_host_and_port()
+    import urllib.request
+
+    # moto keeps its buckets in process-wide state: empty them, so every module starts from an empty store
+    urllib.request.urlopen(urllib.request.Request(f"http://{host}:{port}/moto-api/reset", method="POST"), timeout=30)
     env = {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1",
            "AWS_ENDPOINT_URL_S3": f"http://{host}:{port}"}
     old = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
+    import s3fs
+
+    s3fs.S3FileSystem.clear_instance_cache()  # fsspec caches filesystems by their arguments: not the old endpoint
     yield env
     for k, v in old.items():
         if v is None:
             os.environ.pop(k, None)
         else:
             os.environ[k] = v
+    s3fs.S3FileSystem.clear_instance_cache()
     server.stop()

@@ -316,7 +316,9 @@ class DirectEngine(Engine):
         self.k = None if samples is None else max(1, round(math.sqrt(self.samples)))  # samples per pixel per axis
         self.ops = _Ops(backend, device)
         self.threads = int(threads)
+        self._torch_threads = None  # the process's torch thread count before this engine set its own (close restores)
         if self.ops.backend == "torch" and self.threads > 0:
+            self._torch_threads = self.ops.xp.get_num_threads()
             self.ops.xp.set_num_threads(self.threads)
         self._levels: list = []
         self._padded: dict = {}
@@ -407,3 +409,6 @@ class DirectEngine(Engine):
     def close(self) -> None:
         self._levels = []
         self._padded = {}
+        if self._torch_threads is not None:  # torch's thread count is process-wide: leave it as it was
+            self.ops.xp.set_num_threads(self._torch_threads)
+            self._torch_threads = None
