@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import sys
 from concurrent.futures import ThreadPoolExecutor
 
@@ -96,7 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="print the plan, disk and core-hour estimates; render nothing")
     p.add_argument("--no-probe", action="store_true", help="with --dry-run: skip the one-clip timing probe")
     cli.add_quiet(p)
-    cli.add_ray(p, cpus_per_task=None, gpus_per_task=None, tasks_per_worker=4, what="HDRI", helps={
+    g = cli.add_ray(p, cpus_per_task=None, gpus_per_task=None, tasks_per_worker=4, what="HDRI", helps={
         "--cpus-per-task": "CPUs reserved per HDRI task (also Cycles' thread count) [default: min(4, the CPUs of the "
         "largest alive node that has the task's GPUs and --ray-resource; --no-ray or a private local Ray: this "
         "machine's cores)]",
@@ -104,7 +105,27 @@ def build_parser() -> argparse.ArgumentParser:
         "metal), else 0; with --device auto on a cluster, give it to place tasks on GPU nodes]",
         "--tasks-per-worker": "recycle a worker process after this many HDRIs (bounds bpy memory growth)",
         "--ray-resource": "only schedule on nodes that advertise this custom resource (e.g. blender); repeatable"})
+    g.add_argument("--ray", action="store_true",
+                   help="use a private local Ray even where it adds nothing (default for the direct engine: render in "
+                   "this process when this machine runs one task at a time or there is one HDRI, saving Ray's "
+                   "start-up of several seconds)")
     return p
+
+
+def in_process_reason(args, cpus: int, n_tasks: int, cores: int | None = None) -> str | None:
+    """Why the direct engine renders in this process rather than in a private local Ray, or None (Ray as asked).
+
+    A local Ray costs ~8 s here (start 4 s, first worker and imports 2 s, shutdown 1.5 s: issue 18) and runs the
+    tasks with the same cores, so where it can run only one at a time it buys nothing. Blender keeps Ray: its workers
+    are recycled (``--tasks-per-worker``) because bpy's memory grows with every map."""
+    if args.no_ray or args.ray or args.engine != "direct" or cli.ray_is_remote(args):
+        return None
+    cores = cores or os.cpu_count() or 1
+    slots = max(1, cores // max(cpus, 1))
+    if min(slots, n_tasks) > 1:
+        return None
+    why = "one HDRI to render" if n_tasks <= 1 else f"one task at a time here ({cores} cores, {cpus} per task)"
+    return f"rendering in this process: {why}, where a local Ray would add seconds of start-up (--ray to use it)"
 
 
 def estimate_task_memory(store: Store, rel: str) -> int:
@@ -161,6 +182,9 @@ def main(argv=None) -> int:
         return 2
     if args.frames < 1:
         print("error: --frames must be at least 1", file=sys.stderr)
+        return 2
+    if args.ray and args.no_ray:
+        print("error: --ray and --no-ray contradict each other", file=sys.stderr)
         return 2
 
     hdris_url = args.hdris
@@ -219,6 +243,11 @@ def main(argv=None) -> int:
     n_todo = n_clips - n_done - (0 if args.overwrite else len(conflicts))
     if args.overwrite:
         n_todo = n_clips
+
+    in_process = in_process_reason(args, cpus, len(todo_entries))
+    if in_process:
+        use_ray = False
+        print(in_process, file=sys.stderr)
 
     print(f"{len(entries)} HDRIs in {hdris_url}; {len(programs)} programs x {args.frames} frames at {w}x{h}, "
           f"{args.samples or 'default'} samples, engine {args.engine} -> {out.uri()}", file=sys.stderr)
@@ -281,7 +310,9 @@ def main(argv=None) -> int:
         counts={"rendered": 0, "skipped": n_done, "conflict": len(conflicting), "failed": 0}, problems=conflicting,
         on_result=on_result, on_error=on_error, memory_of=lambda t: estimate_task_memory(in_store, t.hdri_rel),
         record={"settings": dataclasses.asdict(settings), "hdris": hdris_url,
-                "cpus_per_task": {"value": cpus, "why": cpus_why}}, finish=finish,
+                "cpus_per_task": {"value": cpus, "why": cpus_why},
+                "execution": {"ray": use_ray, "why": in_process or ("--no-ray" if args.no_ray else "Ray")}},
+        finish=finish,
         reads=(hdris_url,), writes=(args.root,),
         summary="rendered {rendered} clips, {skipped} already complete, {failed} failed, {conflict} conflicting")
     return cli.run_stage(run, use_ray=use_ray, opts=opts, quiet=args.quiet)

@@ -192,3 +192,31 @@ def test_numpy_and_torch_lookups_agree_at_the_seam_and_the_poles():
     # at the top edge (row 0) the value is the mean of the first row and its mirror half a turn away
     expect = 0.5 * (img[0, 0] + img[0, 8]) * 0.5 + 0.5 * (img[0, 15] + img[0, 7]) * 0.5
     np.testing.assert_allclose(a[0, 0], expect, rtol=1e-5)
+
+
+def test_direct_engine_renders_in_the_driver_where_a_local_ray_buys_nothing(hdri_dir, tmp_path):
+    from types import SimpleNamespace
+
+    from render.run import in_process_reason
+
+    def args(**kw):
+        return SimpleNamespace(**{"no_ray": False, "ray": False, "engine": "direct", "address": None, **kw})
+
+    assert "one task at a time here (2 cores, 2 per task)" in in_process_reason(args(), 2, 8, cores=2)
+    assert "one HDRI" in in_process_reason(args(), 4, 1, cores=16)
+    assert in_process_reason(args(), 4, 8, cores=16) is None  # 4 tasks at once: Ray
+    assert in_process_reason(args(), 1, 2, cores=2) is None
+    assert in_process_reason(args(engine="blender"), 2, 1, cores=2) is None  # Blender keeps its recycled workers
+    assert in_process_reason(args(ray=True), 2, 1, cores=2) is None
+    assert in_process_reason(args(address="10.0.0.1:6379"), 2, 1, cores=2) is None
+
+    out = tmp_path / "out"
+    r = cli("--hdris", hdri_dir("studio"), "--out", out, "--engine", "direct", "--programs", "rotation_000",
+            "--frames", "2", "--resolution", "32x16")
+    assert r.returncode == 0, r.stderr
+    assert "rendering in this process: one HDRI to render" in r.stderr
+    assert json.loads((out / "studio/rotation_000/clip.json").read_text())["host"].get("node_id") is None
+    record = json.loads(next((out / "_runs").glob("render-*.json")).read_text())
+    assert record["execution"]["ray"] is False and "one HDRI" in record["execution"]["why"]
+    r = cli("--hdris", hdri_dir("studio"), "--out", out, "--ray", "--no-ray")
+    assert r.returncode == 2 and "contradict" in r.stderr
