@@ -571,13 +571,15 @@ def write_exr(path: str | os.PathLike, img: np.ndarray, *, half: bool = False, c
     float32 by default; ``half`` stores float16 after clamping to +-HALF_MAX (counted in ``clamped``), so no inf
     is ever written. ``compression`` is one of :data:`EXR_COMPRESSIONS`. Non-finite input raises ValueError.
     ``threads``: size of OpenEXR's thread pool, which compresses the file's blocks in parallel (process-wide; the
-    bytes written do not depend on it); 0 or 1 = none, None = leave it as it is.
+    bytes written do not depend on it); 0 or 1 = none, None = leave it as it is. Uncompressed files are written
+    without the pool, whatever ``threads`` says: there it only adds hand-offs (measured: 2.2 vs 3.0 ms per 320x180
+    frame, 18.8 vs 21.5 ms at 1280x720).
     """
     if compression not in _EXR_COMPRESSION_ENUMS:
         raise ValueError(f"unknown OpenEXR compression {compression!r}; one of {', '.join(EXR_COMPRESSIONS)}")
     img = _checked_rgb(img)
     if threads is not None:
-        pool = int(threads) if threads > 1 else 0
+        pool = int(threads) if threads > 1 and compression != "none" else 0
         if OpenEXR.global_thread_count() != pool:
             OpenEXR.set_global_thread_count(pool)
     clamped = 0

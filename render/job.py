@@ -115,6 +115,7 @@ class HdriTask:
     hdri_id: str
     out_url: str
     settings: RenderSettings
+    source: dict | None = field(default=None, hash=False)  # _sources.json record -> clip.json hdri.source
 
 
 @dataclass
@@ -333,7 +334,7 @@ def _clip_record(task, plan, hdri, engine_info, frames, pooled, out_info, timing
         "seed": plan.seed,
         "dataset_seed": s.seed,
         "seed_derivation": SEED_DERIVATION.replace("key1", "hdri_id").replace("key2", "program"),
-        "hdri": hdri.meta,
+        "hdri": {**hdri.meta, **({"source": task.source} if task.source else {})},
         "program_params": plan.params,
         "camera": {
             "location": [0.0, 0.0, 0.0],
@@ -420,7 +421,8 @@ class _FrameWriter:
             rec = {"thread": "background", "queue": WRITE_QUEUE,
                    "note": "clamp, statistics, EXR write and publish on a thread while the next frames render "
                    "(write_seconds is its busy time)"}
-        return {**rec, "exr_threads": self.threads if self.threads > 1 else 0}
+        pooled = self.threads > 1 and self.compression != "none"  # hdr.io.write_exr: no pool for raw files
+        return {**rec, "exr_threads": self.threads if pooled else 0}
 
     def put(self, cam, extra: dict, img: np.ndarray) -> None:
         if self.error is not None:

@@ -1,7 +1,9 @@
 """Shared fixtures: the real HDRIs inside the bpy wheel, and small synthetic maps."""
 from __future__ import annotations
 
+import importlib.util
 import shutil
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +30,21 @@ def hdri_dir(tmp_path, bundled_hdris):
             shutil.copy(bundled_hdris / f"{n}.exr", d / f"{n}.exr")
         return d
     return make
+
+
+@pytest.fixture(scope="session")
+def render_bench():
+    """``benchmarks/render.py`` imported as a module (it is a script named like the package it measures, and it puts
+    the repository first on sys.path: the path is restored)."""
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "render.py"
+    spec = importlib.util.spec_from_file_location("bench_render_for_tests", path)
+    mod = importlib.util.module_from_spec(spec)
+    saved = list(sys.path)
+    try:
+        spec.loader.exec_module(mod)
+    finally:
+        sys.path[:] = saved
+    return mod
 
 
 def sun_map(w: int = 64, value: float = 1e5) -> np.ndarray:

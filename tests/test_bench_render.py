@@ -3,9 +3,7 @@ ratios and pass flags must come from the measurements (no timing assertions)."""
 from __future__ import annotations
 
 import copy
-import importlib.util
 import math
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -15,15 +13,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
-def bench():
-    spec = importlib.util.spec_from_file_location("bench_render_smoke", ROOT / "benchmarks" / "render.py")
-    mod = importlib.util.module_from_spec(spec)
-    path = list(sys.path)
-    try:
-        spec.loader.exec_module(mod)
-    finally:
-        sys.path[:] = path
-    return mod
+def bench(render_bench):
+    return render_bench
 
 
 @pytest.fixture(scope="module")

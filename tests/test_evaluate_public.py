@@ -2,7 +2,6 @@
 tonemap, PU21-PIQE, the FovVideoVDP call; and mu-law's one home."""
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import sys
@@ -248,17 +247,11 @@ def test_fvvdp_absolute_photometry_and_framewise_mode_are_the_public_calls():
 
 
 # ------------------------------------------------------------------------------------------------ one mu-law home
-def test_mu_law_constant_has_one_home_and_the_benchmark_scores_psnr_t():
+def test_mu_law_constant_has_one_home_and_the_benchmark_scores_psnr_t(render_bench):
     from hdr.color import MU_LAW_MU
 
     assert not hasattr(M, "MU") and EvalSettings().mu == MU_LAW_MU == 5000.0
-    spec = importlib.util.spec_from_file_location("bench_render_for_test", ROOT / "benchmarks" / "render.py")
-    bench = importlib.util.module_from_spec(spec)
-    path = list(sys.path)
-    try:
-        spec.loader.exec_module(bench)
-    finally:
-        sys.path[:] = path
+    bench = render_bench
     rng = np.random.default_rng(4)
     ref = np.exp(rng.normal(0, 2, (24, 24, 3)))
     test = ref * np.exp(0.1 * rng.standard_normal(ref.shape))

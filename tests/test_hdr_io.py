@@ -311,3 +311,18 @@ def test_ldr_png_round_trip_and_errors(tmp_path):
         read_ldr(tmp_path / "bad.png")
     with pytest.raises(LdrImageError, match=r"missing\.png: "):
         read_ldr(tmp_path / "missing.png")
+
+
+def test_exr_thread_pool_only_for_compressed_files(tmp_path):
+    import OpenEXR
+
+    img = np.random.default_rng(0).random((16, 32, 3)).astype(np.float32)
+    before = OpenEXR.global_thread_count()
+    try:
+        write_exr(tmp_path / "zip.exr", img, compression="zip", threads=3)
+        assert OpenEXR.global_thread_count() == 3  # compression runs on the pool
+        write_exr(tmp_path / "raw.exr", img, compression="none", threads=3)
+        assert OpenEXR.global_thread_count() == 0  # raw scanlines: the pool would only add hand-offs
+        np.testing.assert_array_equal(read_image(tmp_path / "raw.exr"), read_image(tmp_path / "zip.exr"))
+    finally:
+        OpenEXR.set_global_thread_count(before)
