@@ -27,11 +27,12 @@ COMMON_HELP = {
 }
 
 
-def add_common_arguments(p, *, steps_default: int | None, run_group=None, input_aliases: tuple[str, ...] = (),
-                         steps_aliases: tuple[str, ...] = (), **help: str) -> None:
+def add_common_arguments(p, *, steps_default: int | None, run_group=None, input_group=None,
+                         input_aliases: tuple[str, ...] = (), steps_aliases: tuple[str, ...] = (), **help: str) -> None:
     """The flags every model's inference shares, one spelling each: ``--run --input --out --steps --seed --frames
     --device --quiet --half --overwrite``. ``help`` overrides the texts of :data:`COMMON_HELP` by flag name;
-    ``run_group`` (e.g. a required mutually exclusive group) takes ``--run`` (then not required by itself); the
+    ``run_group`` (e.g. a required mutually exclusive group) takes ``--run`` (then not required by itself), and
+    ``input_group`` likewise ``--input`` (DiffHDR: ``--input`` or ``--manifest``); the
     aliases are a model's old spellings (DiffHDR's ``--video``, HDR-V-Diff's ``--ddim-steps``)."""
     unknown = sorted(set(help) - set(COMMON_HELP))
     if unknown:
@@ -41,7 +42,10 @@ def add_common_arguments(p, *, steps_default: int | None, run_group=None, input_
         p.add_argument("--run", required=True, help=h["run"])
     else:
         run_group.add_argument("--run", help=h["run"])
-    p.add_argument("--input", *input_aliases, dest="input", required=True, help=h["input"])
+    if input_group is None:
+        p.add_argument("--input", *input_aliases, dest="input", required=True, help=h["input"])
+    else:
+        input_group.add_argument("--input", *input_aliases, dest="input", help=h["input"])
     p.add_argument("--out", required=True, help=h["out"])
     p.add_argument("--steps", *steps_aliases, dest="steps", type=int, default=steps_default, help=h["steps"])
     p.add_argument("--seed", type=int, default=0, help=h["seed"])

@@ -3,7 +3,10 @@
 Trains a registered model (``train.MODELS``) on the train split of a manifest with the shared engine
 (``train/engine.py``). Rerunning the same command continues from the newest checkpoint in RUN. Multi-GPU:
 ``accelerate launch --config_file train/configs/accelerate_fsdp.yaml -m train.run ...``. Old spellings kept as
-aliases: ``--out`` (``--run``), ``--no-progress`` (``--quiet``).
+aliases: ``--out`` (``--run``), ``--no-progress`` (``--quiet``). ``--export-format diffusers,diffsynth,comfyui`` (or
+``export: {formats: [...]}`` in the config; the flag wins) also writes the DiffHDR LoRA in DiffSynth's and ComfyUI's
+key layouts (``train.diffhdr.lora_layouts``); it changes only the exported files, so it is not part of what a resume
+compares.
 """
 from __future__ import annotations
 
@@ -26,6 +29,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", required=True, help="run config YAML (see train/configs/)")
     p.add_argument("--run", "--out", dest="run", required=True,
                    help="run folder (created; an existing run with the same config resumes; --out: old spelling)")
+    p.add_argument("--export-format", default=None, metavar="LAYOUTS",
+                   help="LoRA layouts to export, comma-separated: diffusers (RUN/lora.safetensors, always), diffsynth, "
+                   "comfyui (RUN/lora.<layout>.safetensors beside it; DiffHDR); default: the config's export.formats, "
+                   "else diffusers")
     p.add_argument("--cache-latents", action="store_true",
                    help="cache target latents on disk (DiffHDR: HDR latents per clip/window/exposure shift/VAE)")
     add_device(p)
@@ -36,6 +43,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="end this process after N optimizer steps in total (checkpointed; rerun to continue)")
     add_quiet(p)
     return p
+
+
+def export_formats(section, flag: str | None):
+    """The requested export layouts as given (None: the task's default; the task validates them):
+    ``--export-format`` wins over the config's ``export: {formats: [...]}``."""
+    if section is not None and (not isinstance(section, dict) or set(section) - {"formats"}):
+        raise TrainError("config export: only the key formats (a list of diffusers, diffsynth, comfyui) is known")
+    return flag if flag is not None else (section or {}).get("formats")
 
 
 def main(argv=None) -> int:
@@ -53,6 +68,7 @@ def _main(args) -> int:
         config["manifest"] = str(args.manifest)
         if args.cache_latents:
             config.setdefault("data", {})["cache_latents"] = True
+        formats = export_formats(config.pop("export", None), args.export_format)
         try:
             from hdr.dataset import open_manifest
         except ImportError as e:
@@ -66,12 +82,18 @@ def _main(args) -> int:
         except (KeyError, ModuleNotFoundError) as e:
             raise TrainError(str(e).strip("'\"")) from None
         if args.stage is None and hasattr(pkg, "train_all_stages"):  # a staged model without --stage: every stage
+            if formats is not None:
+                raise TrainError(f"model {args.model!r}: --export-format / export.formats is for LoRA exports")
             res = pkg.train_all_stages(config, m, args.run, device=device, overwrite=args.overwrite,
                                        stop_after=args.stop_after, progress=not args.quiet)
         else:
             if not hasattr(pkg, "make_task"):
                 raise TrainError(f"model {args.model!r}: {pkg.__name__} has no make_task(config, manifest)")
             task = pkg.make_task(config, m)
+            if formats is not None:
+                if not hasattr(task, "set_export_formats"):
+                    raise TrainError(f"model {args.model!r}: --export-format / export.formats is for LoRA exports")
+                task.set_export_formats(formats)
             res = train(task, config, args.run, device=device, manifest=m, overwrite=args.overwrite,
                         stop_after=args.stop_after, progress=not args.quiet)
     except (TrainError, CliError) as e:

@@ -2,11 +2,18 @@
 
     python -m train.infer --run RUN --input in.mp4 --out pred/ [--alpha-over 1 --alpha-under 1]
 
-``--run RUN`` takes RUN/lora.safetensors (``--lora FILE``: a LoRA file given directly; ``--video`` is the old spelling
-of ``--input``). The backbone is rebuilt from the run's ``config.yaml`` (beside the LoRA file, or ``--config``), wrapped
-in diffusers' ``WanVACEPipeline``, and the LoRA is loaded with ``load_lora_weights``. Every window of LDR frames gets
-the same treatment as a training window, by the same functions (``task.window_masks``: the recipe's exposure masks with
-the EMA of eq. 6 starting at the window's first frame, as in training and in the public long-video inference;
+    python -m train.infer --lora released.safetensors --config released.yaml --manifest M --split test \
+        --out pred/
+
+``--run RUN`` takes RUN/lora.safetensors (``--lora FILE``: a LoRA file given directly, in the diffusers, DiffSynth or
+ComfyUI key layout, converted by ``train.diffhdr.lora_layouts``, which says on stderr which it found; ``--video`` is the
+old spelling of ``--input``). The backbone is rebuilt from the run's ``config.yaml`` (beside the LoRA file, or
+``--config``: a released LoRA needs one with ``model.pretrained``), wrapped in diffusers' ``WanVACEPipeline``, and the
+converted LoRA is loaded with ``load_lora_weights``. ``--manifest M --split S`` (instead of ``--input``) converts every
+clip of the split into ``OUT/<hdri_id>/<clip_id>/`` (what ``evaluate.run --predictions`` reads) with one pipeline.
+Every window of LDR frames gets the same treatment as a training window, by the same functions (``task.window_masks``:
+the recipe's exposure masks with the EMA of eq. 6 starting at the window's first frame, as in training and in the
+public long-video inference;
 ``task.control_video``: gray painting, linearise, Log-Gamma, the soft VACE mask) and goes in as the VACE context and
 mask; the pipeline's ``prepare_video_latents`` + ``prepare_masks`` then build what the trainer's
 ``conditioning.control_latents`` builds (tested). The video is converted in windows of the model's frame count
@@ -26,6 +33,7 @@ import argparse
 import hashlib
 import json
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -41,6 +49,7 @@ from hdr.seeding import derive_seed
 from hdr.storage import atomic_path, atomic_write_json, sha256_file
 from train.diffhdr import conditioning as C
 from train.diffhdr.cfa import OVER_PROMPT, UNDER_PROMPT, CFAState, install_cfa, token_mask
+from train.diffhdr.lora_layouts import LoraInfo, LoraLayoutError, check_modules, read_lora, to_diffusers
 from train.diffhdr.model import ModelError, load_backbone
 from train.diffhdr.task import (LORA_FILE, RECIPES, DiffHDRModel, control_video, mask_mode_of, resolve_data_config,
                                  window_masks)
@@ -50,9 +59,10 @@ from train.windows import WindowBlender, WindowPlanError, pad_frames, plan_windo
 IMAGE_EXT = (".png", ".jpg", ".jpeg")
 PATH_KEYS = ("lora", "config", "video", "reference")   # recorded, but files are compared by their hashes
 DEFAULT_OVERLAP = 8
-# Default: cross-fade in Log-Gamma, the space the model predicts in and its errors are roughly uniform in, so where two
-# windows disagree on a highlight the fade moves in roughly even steps of stops instead of the brighter window dominating
-# from the first frame of the overlap (a linear-radiance fade of 1 vs 1000 is already at 112 after 1/9 of it).
+# Default: cross-fade in Log-Gamma, the space the model predicts in and its errors are roughly uniform in, so where
+# two windows disagree on a highlight the fade moves in roughly even steps of stops instead of the brighter window
+# dominating from the first frame of the overlap (a linear-radiance fade of 1 vs 1000 is already at 112 after 1/9 of
+# it).
 BLEND_SPACES = ("log-gamma", "linear")
 
 
@@ -64,17 +74,26 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     from train.infer import add_common_arguments
 
     source = p.add_mutually_exclusive_group(required=True)
-    source.add_argument("--lora", help=f"a LoRA safetensors file written by train.run (RUN/{LORA_FILE}), instead "
-                        "of --run")
+    source.add_argument("--lora", help=f"a LoRA safetensors file instead of --run: RUN/{LORA_FILE} or a released "
+                        "LoRA in the diffusers, DiffSynth or ComfyUI layout (converted; needs --config without a "
+                        "config.yaml beside it)")
+    inputs = p.add_mutually_exclusive_group(required=True)
+    inputs.add_argument("--manifest", default=None,
+                        help="instead of --input: every clip of a manifest split (--split) into "
+                        "--out/<hdri_id>/<clip_id>/, the layout evaluate.run --predictions reads")
     add_common_arguments(
-        p, steps_default=50, run_group=source, input_aliases=("--video",),
+        p, steps_default=50, run_group=source, input_group=inputs, input_aliases=("--video",),
         run=f"trained run folder (written by train.run): its {LORA_FILE} and config.yaml",
         input="input LDR video: an .mp4 file or a folder of PNG/JPEG frames (--video: old spelling)",
         out="output folder for frame_0000.exr ...", steps="denoising steps (public code: 50)",
         frames="convert only this many frames from --start (any number; default: to the end)",
         half="write half-float EXR (clamped at 65504, recorded)",
         overwrite="replace existing frames in --out (frames of an earlier, longer conversion are removed)")
-    p.add_argument("--config", default=None, help="run config (default: config.yaml beside the LoRA)")
+    p.add_argument("--config", default=None, help="run config (default: config.yaml beside the LoRA; a released LoRA: "
+                   "a YAML with at least model.pretrained)")
+    p.add_argument("--split", default="test", help="with --manifest: the split to convert (default: test)")
+    p.add_argument("--aug", default=None, help="with --manifest: the aug_id or preset of the LDR to convert (default: "
+                   "each clip's first single-exposure augmentation)")
     p.add_argument("--start", type=int, default=0, help="first input frame to convert (output frame_0000)")
     p.add_argument("--window", type=int, default=None,
                    help="frames per model call, 4k+1 (default: the run's data.window, 33 in the paper)")
@@ -265,31 +284,67 @@ def window_plan(n: int, window: int, overlap: int, blend_space: str, starts: lis
             "padded": max(0, window - n), "blend": f"linear cross-fade in {blend_space} space (train.windows)"}
 
 
-def main(args) -> int:
-    from diffusers import FlowMatchEulerDiscreteScheduler, WanVACEPipeline
-
-    from hdr.io import write_exr
-
-    device = _resolve_device(args.device)
-    lora = lora_path(args)
+def read_config(args, lora: Path) -> tuple[Path, dict]:
+    """(path, dict) of the run config: ``--config``, else config.yaml beside the LoRA. A released LoRA comes without
+    one: then ``--config`` with at least ``model.pretrained`` (docs/train-diffhdr.md, "Released LoRAs")."""
     cfg_path = Path(args.config) if args.config else lora.parent / "config.yaml"
     if not cfg_path.is_file():
-        raise InferError(f"{cfg_path}: run config not found (pass --config)")
-    cfg = yaml.safe_load(cfg_path.read_text()) or {}
+        if args.config:
+            raise InferError(f"{cfg_path}: --config file not found")
+        raise InferError(f"{lora}: no config.yaml beside this LoRA (a released LoRA comes without one): pass "
+                         "--config with at least model.pretrained (docs/train-diffhdr.md, Released LoRAs)")
+    try:
+        cfg = yaml.safe_load(cfg_path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise InferError(f"{cfg_path}: not valid YAML ({str(e).splitlines()[0]})") from None
+    if not isinstance(cfg, dict):
+        raise InferError(f"{cfg_path}: a run config is a mapping (model:, data:, flow:)")
+    return cfg_path, cfg
+
+
+def read_lora_any_layout(lora: Path, quiet: bool = False) -> tuple[dict, LoraInfo]:
+    """The LoRA file in any layout (``lora_layouts``) as diffusers tensors; says on stderr which layout it found."""
+    try:
+        tensors, header = read_lora(lora)
+        sd, info = to_diffusers(tensors, header, where=str(lora))
+    except LoraLayoutError as e:
+        raise InferError(str(e)) from None
+    if not quiet:
+        print(f"LoRA layout: {info.describe()}", file=sys.stderr)
+    return sd, info
+
+
+def main(args) -> int:
+    device = _resolve_device(args.device)
+    lora = lora_path(args)
+    cfg_path, cfg = read_config(args, lora)
+    lora_sd, lora_info = read_lora_any_layout(lora, args.quiet)
+    ctx = {"device": device, "lora": lora, "lora_sd": lora_sd, "lora_info": lora_info, "cfg_path": cfg_path,
+           "cfg": cfg}
+    if getattr(args, "manifest", None):
+        return convert_split(args, ctx)
+    return convert_video(args, args.input, Path(args.out), ctx)
+
+
+def convert_video(args, input_path, out: Path, ctx: dict) -> int:
+    """Convert one LDR video (``input_path``) into ``out``; ``ctx`` holds the config, the LoRA and (after the first
+    call) the pipeline, which later calls reuse."""
+    from hdr.io import write_exr
+
+    device, lora, cfg_path, cfg = ctx["device"], ctx["lora"], ctx["cfg_path"], ctx["cfg"]
     dcfg = resolve_data_config({**(cfg.get("data") or {}), **({"recipe": args.recipe} if args.recipe else {})})
     if args.recipe:
         dcfg.update({k: v for k, v in RECIPES[args.recipe].items()})
     ref_mapping = args.reference_mapping or dcfg["reference_mapping"]
     ref_ev = args.reference_ev if args.reference_ev is not None else (5.0 if ref_mapping == "log_gamma" else 0.0)
-    out = Path(args.out)
     window, overlap = window_settings(args.window, args.overlap, int(dcfg["window"]))
 
-    frames8 = read_video(args.input)
-    start, n = select_range(len(frames8), args.start, args.frames, args.input)
+    frames8 = read_video(input_path)
+    start, n = select_range(len(frames8), args.start, args.frames, str(input_path))
     frames8 = frames8[start:start + n]
     h, w = frames8.shape[1] // 16 * 16, frames8.shape[2] // 16 * 16
     if h == 0 or w == 0:
-        raise InferError(f"{args.input}: frames of {frames8.shape[2]}x{frames8.shape[1]} are smaller than 16x16")
+        raise InferError(f"{input_path}: frames of {frames8.shape[2]}x{frames8.shape[1]} are smaller than 16x16")
     top, left = (frames8.shape[1] - h) // 2, (frames8.shape[2] - w) // 2
     frames8 = np.ascontiguousarray(frames8[:, top:top + h, left:left + w])
     try:
@@ -304,7 +359,7 @@ def main(args) -> int:
     # everything the frames depend on: a rerun with the same settings resumes or finds the work done
     settings = json.loads(json.dumps({
         "lora": str(lora), "lora_sha256": sha256_file(lora), "config": str(cfg_path),
-        "config_sha256": sha256_file(cfg_path), "video": str(args.input),
+        "config_sha256": sha256_file(cfg_path), "video": str(input_path),
         "input_sha256": hashlib.sha256(memoryview(frames8).cast("B")).hexdigest(), "start": start, "frames": n,
         "size": [w, h], "crop": [left, top], "window": window, "overlap": overlap, "blend_space": args.blend_space,
         "steps": args.steps, "seed": args.seed, "guidance": args.guidance, "shift": shift, "prompt": args.prompt,
@@ -334,19 +389,9 @@ def main(args) -> int:
             done += 1
     stale = [name for name in existing if name not in set(names)] if args.overwrite else []
 
-    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    try:
-        transformer, vae, text_encoder, tokenizer = load_backbone(DiffHDRModel.from_dict(cfg.get("model"))
-                                                                  .backbone_config(), device, dtype)
-    except (ModelError, TrainError) as e:
-        raise InferError(str(e)) from None
-    pipe = WanVACEPipeline(tokenizer=tokenizer, text_encoder=text_encoder, transformer=transformer, vae=vae,
-                           scheduler=FlowMatchEulerDiscreteScheduler(shift=shift))
-    pipe.set_progress_bar_config(desc="denoise", leave=False, disable=args.quiet)
-    try:
-        pipe.load_lora_weights(str(lora.parent), weight_name=lora.name)
-    except Exception as e:  # noqa: BLE001 -- name the file
-        raise InferError(f"{lora}: cannot load as a WanVACE LoRA ({type(e).__name__}: {e})") from None
+    if "pipe" not in ctx:
+        ctx["pipe"] = build_pipeline(cfg, device, shift, ctx["lora_sd"], lora, args.quiet)
+    pipe = ctx["pipe"]
 
     reference = None
     if args.reference:
@@ -368,18 +413,21 @@ def main(args) -> int:
 
     cfa = None
     if cfa_on:
-        emb_over, _ = pipe.encode_prompt(args.over_prompt, do_classifier_free_guidance=False, device=device)
-        emb_under, _ = pipe.encode_prompt(args.under_prompt, do_classifier_free_guidance=False, device=device)
-        state = CFAState(alpha_over=args.alpha_over, alpha_under=args.alpha_under, over_embeds=emb_over,
-                         under_embeds=emb_under)
-        install_cfa(transformer, state, args.cfa_branches)
-        cfa = (state, transformer.config.patch_size, 1 if reference is not None else 0)
+        if "cfa_state" not in ctx:
+            emb_over, _ = pipe.encode_prompt(args.over_prompt, do_classifier_free_guidance=False, device=device)
+            emb_under, _ = pipe.encode_prompt(args.under_prompt, do_classifier_free_guidance=False, device=device)
+            ctx["cfa_state"] = CFAState(alpha_over=args.alpha_over, alpha_under=args.alpha_under,
+                                        over_embeds=emb_over, under_embeds=emb_under)
+            install_cfa(pipe.transformer, ctx["cfa_state"], args.cfa_branches)
+        cfa = (ctx["cfa_state"], pipe.transformer.config.patch_size, 1 if reference is not None else 0)
 
-    # the prompts are the same for every window: encode them once
+    # the prompts are the same for every window (and every video): encode them once
     max_len = int(dcfg["max_sequence_length"])
-    prompt_embeds, negative_embeds = pipe.encode_prompt(
-        args.prompt, negative_prompt=args.negative_prompt, do_classifier_free_guidance=args.guidance > 1.0,
-        max_sequence_length=max_len, device=device)
+    if "prompts" not in ctx:
+        ctx["prompts"] = pipe.encode_prompt(
+            args.prompt, negative_prompt=args.negative_prompt, do_classifier_free_guidance=args.guidance > 1.0,
+            max_sequence_length=max_len, device=device)
+    prompt_embeds, negative_embeds = ctx["prompts"]
     call = dict(reference_images=reference, prompt_embeds=prompt_embeds, negative_prompt_embeds=negative_embeds,
                 height=h, width=w, num_inference_steps=args.steps, guidance_scale=args.guidance,
                 max_sequence_length=max_len)
@@ -387,7 +435,8 @@ def main(args) -> int:
     plan = window_plan(n, window, overlap, args.blend_space, starts)
     plan["seeds"] = [window_seed(args.seed, start + st) for st in starts]
     meta = {**settings, "status": "running", "windows": plan,
-            "seed_derivation": "derive_seed(seed, 'diffhdr-infer', 'window', input frame of the window start)"}
+            "seed_derivation": "derive_seed(seed, 'diffhdr-infer', 'window', input frame of the window start)",
+            "lora_layout": ctx["lora_info"].to_dict()}
     out.mkdir(parents=True, exist_ok=True)
     if args.overwrite:                     # the folder holds only this conversion's frames from here on
         for name in existing:
@@ -415,6 +464,76 @@ def main(args) -> int:
     return 0
 
 
+
+
+def build_pipeline(cfg: dict, device, shift: float, lora_sd: dict, lora: Path, quiet: bool = False):
+    """The backbone of the config's ``model:`` section in a ``WanVACEPipeline``, with the (converted) LoRA loaded."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, WanVACEPipeline
+
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    try:
+        transformer, vae, text_encoder, tokenizer = load_backbone(DiffHDRModel.from_dict(cfg.get("model"))
+                                                                  .backbone_config(), device, dtype)
+        check_modules(lora_sd, transformer, where=str(lora))
+    except (ModelError, TrainError, LoraLayoutError) as e:
+        raise InferError(str(e)) from None
+    pipe = WanVACEPipeline(tokenizer=tokenizer, text_encoder=text_encoder, transformer=transformer, vae=vae,
+                           scheduler=FlowMatchEulerDiscreteScheduler(shift=shift))
+    pipe.set_progress_bar_config(desc="denoise", leave=False, disable=quiet)
+    try:
+        pipe.load_lora_weights(dict(lora_sd))
+    except Exception as e:  # noqa: BLE001 -- name the file
+        raise InferError(f"{lora}: cannot load as a WanVACE LoRA ({type(e).__name__}: {e})") from None
+    return pipe
+
+
+def split_inputs(manifest, split: str, out: Path, aug: str | None = None) -> list[tuple[str, Path, Path]]:
+    """(clip key, LDR frame folder, prediction folder ``out/<hdri_id>/<clip_id>``) of every clip of a manifest split,
+    the layout ``evaluate.run --predictions`` reads. The LDR is the clip's first single-exposure augmentation, or the
+    one whose aug_id or preset is ``aug``."""
+    try:
+        clips = manifest.clips(split)
+    except ValueError as e:
+        raise InferError(f"{manifest.path}: {e}") from None
+    if not clips:
+        raise InferError(f"{manifest.path}: the {split} split is empty")
+    if not manifest.store.is_local:
+        raise InferError(f"{manifest.path}: --manifest needs a local dataset root (the LDR frames are read from disk)")
+    rows = []
+    for c in clips:
+        augs = [a for a in c.aug("single") if aug is None or aug in (a.aug_id, a.preset)]
+        if not augs:
+            have = ", ".join(a.aug_id for a in c.augs) or "none"
+            raise InferError(f"{manifest.path}: clip {c.key} has no single-exposure augmentation"
+                             f"{f' {aug!r}' if aug else ''} (it has: {have})")
+        rows.append((c.key, Path(manifest.local_file(augs[0].rel)), out / c.hdri_id / c.clip_id))
+    return rows
+
+
+def convert_split(args, ctx: dict) -> int:
+    """``--manifest M --split S --out DIR``: every clip of the split into DIR/<hdri_id>/<clip_id>/ (one pipeline for
+    all of them); DIR/infer_split.json lists them. Rerunning resumes clip by clip."""
+    from hdr.dataset import open_manifest
+
+    try:
+        m = open_manifest(args.manifest)
+    except (OSError, ValueError, KeyError) as e:
+        raise InferError(f"{args.manifest}: cannot open manifest ({e})") from None
+    out = Path(args.out)
+    rows = split_inputs(m, args.split, out, args.aug)
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.time()
+    for i, (key, src, dst) in enumerate(rows):
+        if not args.quiet:
+            print(f"[{i + 1}/{len(rows)}] {key}", file=sys.stderr)
+        convert_video(args, src, dst, ctx)
+    _write_json(out / "infer_split.json", {
+        "manifest": m.path, "version": m.version, "root_hash": m.root_hash, "split": args.split,
+        "lora": str(ctx["lora"]), "lora_layout": ctx["lora_info"].to_dict(), "clips": [k for k, _, _ in rows],
+        "inputs": {k: str(s) for k, s, _ in rows}, "seconds": round(time.time() - t0, 2)})
+    print(f"converted the {len(rows)} {args.split} clips of {m.version} into {out} (evaluate: python -m evaluate.run "
+          f"--manifest {args.manifest} --split {args.split} --predictions {out} --out EVAL)")
+    return 0
 
 
 def _write_json(path: Path, obj: dict) -> None:

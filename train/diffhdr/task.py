@@ -601,23 +601,52 @@ class DiffHDRTask:
                 "empty_prompt": sum(p == "" for p in prompts) / n}
 
     # ---- deliverable
+    export_formats = ("diffusers",)      # train.run --export-format / export.formats (lora_layouts.LAYOUTS)
+
+    def set_export_formats(self, value) -> None:
+        """``"diffusers,comfyui"`` or a list; checked now (not after training). diffusers is always written."""
+        from train.diffhdr.lora_layouts import LoraLayoutError, parse_formats
+
+        try:
+            self.export_formats = tuple(parse_formats(value))
+        except LoraLayoutError as e:
+            raise TrainError(str(e)) from None
+
     def export(self, run_dir, trainable_state):
+        """RUN/lora.safetensors (diffusers, ``WanVACEPipeline.save_lora_weights``), one file per other requested layout
+        beside it (``lora.diffsynth.safetensors``, ``lora.comfyui.safetensors``; ``train.diffhdr.lora_layouts``) and
+        lora.json recording them."""
         from diffusers import WanVACEPipeline
+
+        from train.diffhdr.lora_layouts import from_diffusers, layout_file_name, parse_formats, write_lora
 
         run_dir = Path(run_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
+        formats = parse_formats(self.export_formats)
         sd = lora_state_dict(self.transformer, trainable_state)
         meta = {"r": self.lora_info["rank"], "lora_alpha": self.lora_info["alpha"],
                 "target_modules": self.lora_info["regex"]}
         WanVACEPipeline.save_lora_weights(str(run_dir), transformer_lora_layers=sd, weight_name=LORA_FILE,
                                           transformer_lora_adapter_metadata=meta)
+        files = {"diffusers": LORA_FILE}
+        for layout in formats:
+            if layout == "diffusers":
+                continue
+            tensors, header = from_diffusers(sd, layout, self.lora_info["rank"], self.lora_info["alpha"])
+            files[layout] = layout_file_name(LORA_FILE, layout)
+            write_lora(run_dir / files[layout], tensors, header)
         info = {"lora": self.lora_info, "model": {k: v for k, v in self.mcfg.items() if k != "lora"},
                 "data": {k: self.dcfg[k] for k in ("recipe", "preset", "log_gamma_m", "log_gamma_g",
                                                     "max_sequence_length", "mask_mode", "mask_values",
                                                     "mask_ema_alpha", "reference_mapping", "target_exposure")},
-                "flow": self.fcfg, "format": "diffusers WanVACEPipeline.load_lora_weights (transformer.*)"}
+                "flow": self.fcfg, "format": "diffusers WanVACEPipeline.load_lora_weights (transformer.*)",
+                "files": files, "layouts": {
+                    "diffusers": "transformer.<module>.lora_A/lora_B.weight, alpha in the header",
+                    "diffsynth": "<Wan module>.lora_A/lora_B.weight, alpha/rank folded into lora_A",
+                    "comfyui": "diffusion_model.<Wan module>.lora_down/lora_up.weight + .alpha"}}
+        info["layouts"] = {k: v for k, v in info["layouts"].items() if k in files}
         atomic_write_text(run_dir / "lora.json", json.dumps(info, indent=2, default=str))
-        return [str(run_dir / LORA_FILE), str(run_dir / "lora.json")]
+        return [str(run_dir / f) for f in files.values()] + [str(run_dir / "lora.json")]
 
 
 def make_task(config: dict, manifest) -> DiffHDRTask:
