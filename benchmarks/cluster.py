@@ -74,7 +74,8 @@ def main() -> None:
           f"{args.frames} frames at {args.resolution}, {args.samples} samples; nodes of 1 CPU on this "
           f"{os.cpu_count()}-core machine (wall time includes the driver's start and Ray's worker start-up)")
     for n, (seconds, clips) in results.items():
-        print(f"  {n} node{'s' if n > 1 else ' '}: {clips} clips in {seconds:6.1f} s = {60 * clips / seconds:6.1f} clips/min")
+        rate = 60 * clips / seconds
+        print(f"  {n} node{'s' if n > 1 else ' '}: {clips} clips in {seconds:6.1f} s = {rate:6.1f} clips/min")
     (s1, c1), (s2, c2) = results[1], results[2]
     print(f"ratio two nodes / one node: {(c2 / s2) / (c1 / s1):.2f}x")
 

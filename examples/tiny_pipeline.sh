@@ -20,11 +20,8 @@ M="$W/data/manifests/v0001.parquet"
 # 5. DiffHDR: tiny random Wan2.1-VACE + LoRA, 6 steps on the train split
 python -m train.run --manifest "$M" --model diffhdr --config train/configs/diffhdr_tiny.yaml --run "$W/run" \
     --quiet
-# 6. HDR predictions for the test clips, from their stored LDR frames (laid out like the dataset)
-for key in $(python -c "from hdr.dataset import open_manifest; print(' '.join(c.key for c in open_manifest('$M').clips('test')))"); do
-    python -m train.infer --run "$W/run" --input "$W/data/$key/ldr/paper_00" --out "$W/pred/$key" \
-        --steps 4 --quiet
-done
+# 6. HDR predictions for every test clip, from its stored LDR frames (written as <hdri_id>/<clip_id>/, the dataset's layout)
+python -m train.infer --run "$W/run" --manifest "$M" --split test --aug paper_00 --out "$W/pred" --steps 4 --quiet
 # 7. metrics of the test split (the fast ones; add fvvdp,cvvdp for the VDPs)
 python -m evaluate.run --manifest "$M" --split test --predictions "$W/pred" --out "$W/eval" \
     --metrics psnr_t,ssim_t,psnr_l,psnr_pu21,temporal_t

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import inspect
 import json
 import os
 import posixpath
@@ -147,6 +148,9 @@ class Store:
         if self.is_local:
             root = str(Path(root).resolve())
         self.root = root.rstrip("/") or "/"
+        cat = getattr(self.fs, "_cat_file", None)  # s3fs: max_concurrency=1 reads in one GET without a HEAD
+        self._one_get = {"max_concurrency": 1} if cat and "max_concurrency" in inspect.signature(cat).parameters \
+            else {}
 
     def __repr__(self) -> str:
         return f"Store({self.url!r})"
@@ -162,8 +166,16 @@ class Store:
         return p if self.is_local else self.fs.unstrip_protocol(p)
 
     def rel(self, path: str) -> str:
-        """Inverse of :meth:`path`."""
-        path = self.fs._strip_protocol(path) if not self.is_local else str(Path(path).resolve())
+        """Inverse of :meth:`path`. A path below the root (what this store's listings return) is cut with no system
+        call; anything else is resolved (local) and made relative as before."""
+        path = str(path) if self.is_local else self.fs._strip_protocol(path)
+        if path.rstrip("/") == self.root.rstrip("/"):
+            return "."
+        prefix = self.root if self.root.endswith("/") else self.root + "/"
+        if path.startswith(prefix) and "/." not in path[len(prefix) - 1:] and "//" not in path[len(prefix) - 1:]:
+            return path[len(prefix):].rstrip("/") or "."
+        if self.is_local:
+            path = str(Path(path).resolve())
         return posixpath.relpath(path, self.root)
 
     def local_path(self, rel: str = "") -> Path:
@@ -179,7 +191,13 @@ class Store:
         return int(self.fs.size(self.path(rel)))
 
     def read_bytes(self, rel: str) -> bytes:
-        return self.fs.cat_file(self.path(rel))
+        """The whole file. On an object store one GET (s3fs asks for the size with a HEAD first unless it is told
+        to read in one request)."""
+        p = self.path(rel)
+        if self.is_local:
+            with open(p, "rb") as f:
+                return f.read()
+        return self.fs.cat_file(p, **self._one_get)
 
     def read_json(self, rel: str):
         return json.loads(self.read_bytes(rel))
@@ -187,10 +205,16 @@ class Store:
     def open(self, rel: str, mode: str = "rb"):
         return self.fs.open(self.path(rel), mode)
 
-    def sha256(self, rel: str) -> str:
-        """SHA-256 of a stored file (streamed; unbuffered reads on a local store)."""
+    ONE_GET_MAX = 64 << 20  # sha256(size=...): objects up to this size are read in one GET (held in memory)
+
+    def sha256(self, rel: str, size: int | None = None) -> str:
+        """SHA-256 of a stored file (streamed; unbuffered reads on a local store). ``size``: the size a listing gave;
+        on an object store a file up to :attr:`ONE_GET_MAX` is then read with one GET (a file object sends a HEAD
+        first), larger ones are streamed."""
         if self.is_local:
             return sha256_file(self.path(rel))
+        if size is not None and size <= self.ONE_GET_MAX:
+            return hashlib.sha256(self.read_bytes(rel)).hexdigest()
         with self.open(rel) as f:
             return sha256_file(f)
 
@@ -198,6 +222,25 @@ class Store:
         """Relative paths matching a glob (``*/*/clip.json``); works the same on object stores."""
         hits = self.fs.glob(self.path() + "/" + pattern)
         return sorted(self.rel(h) for h in hits)
+
+    def list_tree(self, rel: str = "") -> dict[str, dict]:
+        """Every file below ``rel`` (recursively) -> its listing entry (``size``, and ``ETag``/``LastModified`` or
+        ``mtime`` as the filesystem reports them), keyed by path relative to ``rel``; dot-dirs skipped. On an object
+        store this is one paginated LIST of the prefix (1,000 keys per request), not one listing per folder."""
+        base = self.path(rel) if rel else self.path()
+        try:
+            hits = self.fs.find(base, detail=True)
+        except FileNotFoundError:
+            return {}
+        cut = len(self.rel(base)) + 1 if rel else 0
+        out = {}
+        for p, info in hits.items():
+            r = self.rel(p)[cut:]
+            if not r or p.endswith("/") or info.get("type") == "directory":
+                continue
+            if not any(part.startswith(".") for part in r.split("/")):
+                out[r] = info
+        return out
 
     def find(self, rel: str = "", suffixes: tuple[str, ...] = ()) -> list[str]:
         """Every file below ``rel`` (recursively), optionally filtered by lower-case suffix; dot-dirs skipped."""

@@ -30,6 +30,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--test", default="50", help="test set size: clips (50 = the paper's held-out set) or a ratio "
                                                  "(0.01); whole HDRIs are held out")
     b.add_argument("--val", default="0", help="validation set size: clips or a ratio")
+    b.add_argument("--stratify", choices=("none", "category"), default="none",
+                   help="category: split each HDRI category (hdri_category: night, studio, indoor, outdoor, else "
+                   "the map's first category) on its own with the same fractions, so each has test/val HDRIs")
     b.add_argument("--rehash", action="store_true", help="hash every file even if its size and mtime match the "
                                                         "parent version")
     b.add_argument("--threads", type=int, default=None, help="hashing threads (default: 2 x cores, at most 8)")
@@ -97,6 +100,7 @@ def _run(args, argv) -> int:
 
         res = build(args.root, seed=args.seed, test=args.test, val=args.val, rehash=args.rehash,
                     threads=args.threads, progress=not args.quiet,
+                    stratify=None if args.stratify == "none" else args.stratify,
                     command=["python", "-m", "manifests", *(argv if argv is not None else sys.argv[1:])])
         for line in res.record.get("skipped", []) + res.record.get("problems", []) if res.version else []:
             print(f"note: {line}", file=sys.stderr)

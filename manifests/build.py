@@ -24,7 +24,7 @@ import subprocess
 import sys
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import InitVar, dataclass, field
 from pathlib import Path
 
 import pyarrow as pa
@@ -38,7 +38,7 @@ from hdr.dataset import layout
 from hdr.dataset.layout import (AUG_JSON, CAPTION_JSON, CLIP_JSON, LDR_DIR, MANIFEST_DIR, ManifestError,
                                 check_inside, list_versions, real_root, version_files, version_name)
 from hdr.dataset.records import AugMeta, CaptionMeta, ClipMeta, RecordError
-from hdr.dataset.rows import ARROW_SCHEMA, FILE_HASH, SCHEMA_ID, SPLITS
+from hdr.dataset.rows import ARROW_SCHEMA, FILE_HASH, SCHEMA_ID, SPLITS, source_columns
 CLIP_HASH_DEF = ("sha256 over '<path>\\t<bytes>\\t<sha256>\\n' of the clip's files sorted by path (paths relative "
                  "to root)")
 ROOT_HASH_DEF = "sha256 over '<key>\\t<split>\\t<clip_hash>\\n' of all clips sorted by key"
@@ -46,6 +46,11 @@ SPLIT_METHOD = ("HDRI level: HDRIs ordered by derive_seed(seed, 'split', hdri_id
                 "until it holds >= its target in clips, then val, the rest is train; at least one HDRI stays in "
                 "train; HDRIs already assigned in the parent version keep their split when the split settings are "
                 "unchanged")
+STRATIFY = (None, "category")
+STRATIFY_METHOD = ("stratified by category: the HDRIs of each primary category (manifest column hdri_category; maps "
+                   "without one form one more group) are split by the rule above on their own, each group's targets "
+                   "being the split's fraction of all clips times the group's clips, so every category of >= 2 HDRIs "
+                   "has a test HDRI (if test > 0) and at least one of its HDRIs stays in train")
 
 
 # sizes of held-out sets -------------------------------------------------------------------------------------------
@@ -73,44 +78,76 @@ def _target(spec, total: int) -> int:
 
 
 def assign_splits(clips_per_hdri: dict[str, int], seed: int, test="50", val="0",
-                  parent: dict[str, str] | None = None) -> tuple[dict[str, str], list[str]]:
-    """HDRI -> split (see SPLIT_METHOD); returns (assignment, warnings)."""
+                  parent: dict[str, str] | None = None,
+                  categories: dict[str, str | None] | None = None) -> tuple[dict[str, str], list[str]]:
+    """HDRI -> split (see SPLIT_METHOD); returns (assignment, warnings). With ``categories`` (HDRI -> category or
+    None) each category is split on its own with the same fractions (STRATIFY_METHOD). Linear in the HDRIs (after
+    the sort)."""
     total = sum(clips_per_hdri.values())
     targets = {"test": _target(test, total), "val": _target(val, total)}
     order = sorted(clips_per_hdri, key=lambda h: (derive_seed(seed, "split", h), h))
     parent = {h: s for h, s in (parent or {}).items() if h in clips_per_hdri}
     out = dict(parent)
+    groups: dict[str | None, list[str]] = {}
+    for h in order:  # one group without categories; else one per category (None: the maps that have none)
+        groups.setdefault(categories.get(h) if categories is not None else None, []).append(h)
     have = Counter()
-    for h, s in out.items():
-        have[s] += clips_per_hdri[h]
+    for group in groups.values():
+        size = sum(clips_per_hdri[h] for h in group)
+        share = size / total if categories is not None and total else 1.0
+        _fill(group, clips_per_hdri, {k: t * share for k, t in targets.items()}, out)
+    for h, sp in out.items():
+        have[sp] += clips_per_hdri[h]
     warnings = []
-    new = [h for h in order if h not in out]
-    for i, h in enumerate(new):
-        remaining_new = len(new) - i
-        no_train_yet = not any(s == "train" for s in out.values())
-        for s in ("test", "val"):
-            if have[s] < targets[s] and not (no_train_yet and remaining_new == 1):
-                out[h] = s
-                break
-        else:
-            out[h] = "train"
-        have[out[h]] += clips_per_hdri[h]
-    for s in ("test", "val"):
-        if targets[s] and have[s] < targets[s]:
-            warnings.append(f"{s} split holds {have[s]} clips, fewer than the requested {targets[s]} "
+    for sp in ("test", "val"):
+        if targets[sp] and have[sp] < targets[sp]:
+            warnings.append(f"{sp} split holds {have[sp]} clips, fewer than the requested {targets[sp]} "
                             f"(the dataset has {total} clips in {len(clips_per_hdri)} HDRIs; one HDRI stays in train)")
+    if categories is not None:
+        for sp in ("test", "val"):
+            short = sorted(c or "(none)" for c, g in groups.items() if targets[sp] and not any(out[h] == sp for h in g))
+            if short:
+                warnings.append(f"stratify: no {sp} HDRI in {len(short)} of {len(groups)} categories, too few HDRIs "
+                                f"({', '.join(short[:5])}{', ...' if len(short) > 5 else ''})")
     return out, warnings
 
 
+def _fill(group: list[str], sizes: dict[str, int], targets: dict[str, float], out: dict[str, str]) -> None:
+    """Assign the HDRIs of ``group`` (in split order) that ``out`` lacks: test until it holds >= its target in clips,
+    then val, then train; the group's last new HDRI goes to train if the group has no train HDRI yet."""
+    have = Counter()
+    has_train = False
+    for h in group:
+        if h in out:
+            have[out[h]] += sizes[h]
+            has_train |= out[h] == "train"
+    new = [h for h in group if h not in out]
+    for i, h in enumerate(new):
+        keep_one = not has_train and i == len(new) - 1
+        sp = next((k for k in ("test", "val") if have[k] < targets[k] and not keep_one), "train")
+        out[h] = sp
+        have[sp] += sizes[h]
+        has_train |= sp == "train"
+
+
 # scanning --------------------------------------------------------------------------------------------------------
-@dataclass
+@dataclass(slots=True)
 class FileEntry:
+    """One file of a scan, kept compact (slots; paper scale: ~1.8 M of them on the driver). ``etag`` (the object's
+    ETag from the listing) and ``recorded`` (the writer's record: clip.json frames, aug.json file_records) are only
+    checked here (:func:`hdr.storage.recorded_matches`): what is kept is the recorded hash when it still matches."""
+
     path: str
     bytes: int
     mtime_ns: int
     sha256: str | None = None
-    etag: str | None = None  # the object store's ETag from the listing, where it has one
-    recorded: dict | None = None  # the writer's record of the file (clip.json frames, aug.json file_records)
+    etag: InitVar[str | None] = None
+    recorded: InitVar[dict | None] = None
+    recorded_sha256: str | None = field(default=None, init=False)
+
+    def __post_init__(self, etag: str | None, recorded: dict | None) -> None:
+        if recorded_matches(recorded, self.bytes, self.mtime_ns, etag):
+            self.recorded_sha256 = recorded["sha256"]
 
 
 @dataclass
@@ -153,38 +190,25 @@ def _listdir(store: Store, rel: str) -> dict[str, tuple[int, int, bool, str | No
     return out
 
 
-def _clip_folders(store: Store) -> set[tuple[str, str]]:
-    """(hdri_id, clip_id) of every folder two levels down (also those without a clip.json, which scan_clip then
-    reports as incomplete); top-level names starting with '.' or '_' and the manifests folder are not HDRIs."""
-    try:
-        hits = store.fs.glob(store.path() + "/*/*", detail=True)
-    except FileNotFoundError:
-        return set()
-    out = set()
-    for path, info in hits.items():
-        if info.get("type") != "directory":
-            continue
-        parts = store.rel(path).split("/")
-        if len(parts) == 2 and layout.is_hdri_name(parts[0]) and not parts[1].startswith("."):
-            out.add((parts[0], parts[1]))
-    return out
-
-
 def scan_clip(store: Store, hdri_id: str, clip_id: str, root_real: str | None) -> ClipScan | str:
     """One clip folder -> ClipScan, or a reason string when the clip is not complete. Unsafe paths raise."""
     crel = layout.clip_rel(hdri_id, clip_id)
     check_inside(store, crel, root_real)
+    listing = _listdir(store, crel)  # listed once: the clip's state and its files' sizes both come from it
+    sizes = {name: e[0] for name, e in listing.items() if not e[2]}
     try:  # a clip.json is input too: its frame names are checked (ClipMeta) before anything else looks at them
-        meta = ClipMeta.read(store, f"{crel}/{CLIP_JSON}")
+        if CLIP_JSON not in sizes:
+            raise FileNotFoundError(f"{crel}/{CLIP_JSON}")
+        meta = ClipMeta.read(store, f"{crel}/{CLIP_JSON}")  # read once (clip_state takes it as parsed)
     except UnsafePathError:
         raise
     except (FileNotFoundError, RecordError) as e:
-        state, detail = layout.clip_state(store, hdri_id, clip_id)
+        state, detail = layout.clip_state(store, hdri_id, clip_id, files=sizes)
         return f"{crel}: {state if state != 'complete' else 'invalid'} ({detail if state != 'complete' else e})"
-    state, detail = layout.clip_state(store, hdri_id, clip_id)
+    state, detail = layout.clip_state(store, hdri_id, clip_id, files=sizes,
+                                      meta={"frames": meta.frames, "settings": meta.settings})
     if state != "complete":
         return f"{crel}: {state} ({detail})"
-    listing = _listdir(store, crel)
     files: list[FileEntry] = []
 
     def add(rel: str, entry, recorded: dict | None = None) -> None:
@@ -256,14 +280,16 @@ def scan_clip(store: Store, hdri_id: str, clip_id: str, root_real: str | None) -
         "radiance_max": rad.get("max"), "radiance_mean": rad.get("mean"), "radiance_p50": rad.get("p50"),
         "radiance_p99": rad.get("p99"), "frac_above_1": rad.get("frac_above_1"),
         "render_settings": json.dumps(meta.settings, sort_keys=True),
+        **source_columns(meta.hdri.get("source")),
     }
     return ClipScan(row=row, files=files, aug_settings=aug_settings, caption_settings=cap_settings,
                     problems=problems)
 
 
 # hashing ---------------------------------------------------------------------------------------------------------
-def hash_file(store: Store, rel: str) -> str:
-    return store.sha256(rel)
+def hash_file(store: Store, rel: str, size: int | None = None) -> str:
+    """SHA-256 of a file of the dataset; ``size`` (from a listing) lets an object store read it with one GET."""
+    return store.sha256(rel, size=size)
 
 
 def hash_files(store: Store, entries: list[FileEntry], threads: int | None = None, desc: str = "hash",
@@ -277,7 +303,8 @@ def hash_files(store: Store, entries: list[FileEntry], threads: int | None = Non
                disable=not progress, dynamic_ncols=True)
 
     def one(e: FileEntry):
-        e.sha256 = hash_file(store, e.path)
+        # the listed size lets an object store read the file with one GET; a local read has no use for it
+        e.sha256 = hash_file(store, e.path) if store.is_local else hash_file(store, e.path, e.bytes)
         bar.update(e.bytes)
 
     with ThreadPoolExecutor(threads) as ex:
@@ -321,6 +348,20 @@ def _distinct(items) -> list[dict]:
 
 
 # build -------------------------------------------------------------------------------------------------------------
+def _share_settings(scan: ClipScan, shared: dict) -> None:
+    """Make equal settings of different clips one object (thousands of clips carry the same preset, caption model
+    and render settings: one parsed copy each would cost a few KB per clip on the driver)."""
+    def one(obj):
+        return shared.setdefault(json.dumps(obj, sort_keys=True), obj) if obj is not None else None
+
+    scan.aug_settings = [one(a) for a in scan.aug_settings]
+    scan.caption_settings = one(scan.caption_settings)
+    if isinstance(scan.row.get("render_settings"), str):
+        text = scan.row["render_settings"]
+        scan.row["render_settings"] = shared.setdefault(("render_settings", text), text)
+
+
+_FILE_FIELDS = tuple(f.name for f in ARROW_SCHEMA.field("files").type.value_type)  # path, bytes, mtime_ns, sha256
 @dataclass
 class BuildResult:
     version: str | None  # None: nothing new
@@ -328,39 +369,62 @@ class BuildResult:
     message: str
 
 
-def _parent_files(store: Store, parent: str | None) -> tuple[dict, dict, dict]:
-    """(path -> (bytes, mtime_ns, sha256), hdri -> split, parent record) of the parent version."""
+class ParentFiles:
+    """The file entries of the parent version, looked up one clip at a time: the Arrow columns are kept, not a Python
+    object per file (a dict per file costs ~0.5 KB, ~1 GB for the paper's 1.8 M files)."""
+
+    def __init__(self, table: pa.Table | None = None):
+        self._row: dict[str, int] = {}
+        if table is None or table.num_rows == 0:
+            return
+        self._row = {k: i for i, k in enumerate(table["key"].to_pylist())}
+        files = table["files"].combine_chunks()
+        self._offsets = files.offsets.to_numpy()
+        values = files.values
+        self._cols = [values.field(n) for n in ("path", "bytes", "mtime_ns", "sha256")]
+
+    def clip(self, key: str) -> dict[str, tuple[int, int, str]]:
+        """path -> (bytes, mtime_ns, sha256) of the files of clip ``key`` in the parent ({} if it had none)."""
+        i = self._row.get(key)
+        if i is None:
+            return {}
+        a, b = int(self._offsets[i]), int(self._offsets[i + 1])
+        path, size, mtime, sha = (c[a:b].to_pylist() for c in self._cols)
+        return dict(zip(path, zip(size, mtime, sha)))
+
+
+def _parent_files(store: Store, parent: str | None) -> tuple[ParentFiles, dict, dict]:
+    """(:class:`ParentFiles`, hdri -> split, parent record) of the parent version."""
     if parent is None:
-        return {}, {}, {}
+        return ParentFiles(), {}, {}
     prel, jrel = version_files(parent)
     record = store.read_json(jrel)
     from hdr.dataset.manifest import open_manifest
 
     t = open_manifest(store.url, parent).files_table()
-    t = t.append_column("hdri_id", pa.array([k.split("/")[0] for k in t["key"].to_pylist()], pa.string()))
-    known, splits = {}, {}
-    for h, s, files in zip(t["hdri_id"].to_pylist(), t["split"].to_pylist(), t["files"].to_pylist()):
-        splits[h] = s
-        for fe in files:
-            known[fe["path"]] = (fe["bytes"], fe["mtime_ns"], fe["sha256"])
-    return known, splits, record
+    splits = {k.split("/", 1)[0]: sp for k, sp in zip(t["key"].to_pylist(), t["split"].to_pylist())}
+    return ParentFiles(t), splits, record
 
 
 def build(root: str, *, seed: int = 0, test="50", val="0", rehash: bool = False, threads: int | None = None,
-          progress: bool = True, command: list | None = None, allow_empty: bool = False) -> BuildResult:
+          progress: bool = True, command: list | None = None, allow_empty: bool = False,
+          stratify: str | None = None) -> BuildResult:
     store = Store(root)
     root_real = real_root(store)
-    clips = sorted(layout.finished_clips(store) | _clip_folders(store))
+    clips = sorted(layout.clip_tree(store))  # every clip folder (with or without clip.json): one listing per HDRI
     if not clips and not allow_empty:
         raise ManifestError(f"{root}: no rendered clips (*/*/{CLIP_JSON}) to record")
     versions = list_versions(store)
     parent = versions[-1] if versions else None
     known, parent_splits, parent_record = _parent_files(store, parent)
-    split_settings = {"seed": int(seed), "test": str(test), "val": str(val)}
+    if stratify not in STRATIFY:
+        raise ManifestError(f"stratify {stratify!r}: expected one of {', '.join(map(str, STRATIFY))}")
+    split_settings = {"seed": int(seed), "test": str(test), "val": str(val),
+                      **({"stratify": stratify} if stratify else {})}  # absent when off: older parents still match
     parse_size(test), parse_size(val)
     inherit = parent_record.get("split", {}).get("settings") == split_settings
 
-    scans, skipped, problems = [], [], []
+    scans, skipped, problems, shared = [], [], [], {}
     with ThreadPoolExecutor(min(16, (os.cpu_count() or 1) * 4)) as ex:
         it = ex.map(lambda hc: scan_clip(store, hc[0], hc[1], root_real), clips)
         for res in tqdm(it, total=len(clips), unit="clip", desc="scan", file=sys.stderr, disable=not progress,
@@ -368,26 +432,42 @@ def build(root: str, *, seed: int = 0, test="50", val="0", rehash: bool = False,
             if isinstance(res, str):
                 skipped.append(res)
             else:
+                _share_settings(res, shared)
                 scans.append(res)
                 problems.extend(res.problems)
 
     entries = [f for s in scans for f in s.files]
     reused = recorded = 0
-    if not rehash:  # a hash is trusted from the parent version (size + mtime) or from the writer's record
-        for f in entries:
-            k = known.get(f.path)
-            if k and k[0] == f.bytes and k[1] == f.mtime_ns and f.mtime_ns:
+    for sc in scans:  # a hash is trusted from the parent version (size + mtime) or from the writer's record
+        parent_clip = {} if rehash else known.clip(sc.row["key"])
+        for f in sc.files:
+            k = parent_clip.get(f.path)
+            if rehash:
+                pass
+            elif k and k[0] == f.bytes and k[1] == f.mtime_ns and f.mtime_ns:
                 f.sha256 = k[2]
                 reused += 1
-            elif recorded_matches(f.recorded, f.bytes, f.mtime_ns, f.etag):
-                f.sha256 = f.recorded["sha256"]
+            elif f.recorded_sha256:
+                f.sha256 = f.recorded_sha256
                 recorded += 1
+            f.recorded_sha256 = None  # used: only the hash stays
     hashed = sum(1 for f in entries if f.sha256 is None)
     hash_files(store, entries, threads, progress=progress)
+    n_files, total_bytes, ext_bytes = len(entries), sum(f.bytes for f in entries), Counter()
+    for f in entries:
+        ext_bytes[posixpath.splitext(f.path)[1].lstrip(".") or "other"] += f.bytes
+    del entries
 
     per_hdri = Counter(s.row["hdri_id"] for s in scans)
+    category = {}  # HDRI -> primary category (every clip of a map carries the same record)
+    for sc in scans:
+        category.setdefault(sc.row["hdri_id"], sc.row.get("hdri_category"))
     assignment, split_warnings = assign_splits(dict(per_hdri), seed, test, val,
-                                               parent_splits if inherit else None)
+                                               parent_splits if inherit else None,
+                                               categories=category if stratify else None)
+    if stratify and not any(category.values()):
+        split_warnings.append("stratify category: no clip has an hdri_category (no _sources.json records when they "
+                              "were rendered): one group")
     rows = []
     for s in scans:
         r = s.row
@@ -395,17 +475,19 @@ def build(root: str, *, seed: int = 0, test="50", val="0", rehash: bool = False,
         r["clip_hash"] = clip_hash(s.files)
         r["n_files"] = len(s.files)
         r["bytes"] = sum(f.bytes for f in s.files)
-        r["files"] = [{"path": f.path, "bytes": f.bytes, "mtime_ns": f.mtime_ns, "sha256": f.sha256}
-                      for f in sorted(s.files, key=lambda f: f.path)]
         rows.append(r)
     rows.sort(key=lambda r: r["key"])
     rhash = root_hash(rows)
 
     split_counts = {s: sum(1 for r in rows if r["split"] == s) for s in SPLITS}
     hdri_counts = {s: sum(1 for h, v in assignment.items() if v == s) for s in SPLITS}
-    ext_bytes = Counter()
-    for f in entries:
-        ext_bytes[posixpath.splitext(f.path)[1].lstrip(".") or "other"] += f.bytes
+    by_category = {}  # stratified builds: HDRIs and clips per split of every category
+    if stratify:
+        for h, sp in sorted(assignment.items()):
+            c = by_category.setdefault(category.get(h) or "(none)", {"hdris": dict.fromkeys(SPLITS, 0),
+                                                                   "clips": dict.fromkeys(SPLITS, 0)})
+            c["hdris"][sp] += 1
+            c["clips"][sp] += per_hdri[h]
     record = {
         "schema": SCHEMA_ID,
         "version": None,
@@ -424,7 +506,8 @@ def build(root: str, *, seed: int = 0, test="50", val="0", rehash: bool = False,
         "file_hash": FILE_HASH,
         "hashing": {"hashed": hashed, "reused_from_parent": reused, "recorded_by_writers": recorded,
                     "rehash": bool(rehash)},
-        "split": {"settings": split_settings, "method": SPLIT_METHOD,
+        "split": {"settings": split_settings, "method": SPLIT_METHOD + ("; " + STRATIFY_METHOD if stratify else ""),
+                  **({"categories": dict(sorted(by_category.items()))} if stratify else {}),
                   "inherited_from": parent if inherit else None, "clips": split_counts, "hdris": hdri_counts,
                   "test_hdris": sorted(h for h, v in assignment.items() if v == "test"),
                   "val_hdris": sorted(h for h, v in assignment.items() if v == "val"),
@@ -432,9 +515,9 @@ def build(root: str, *, seed: int = 0, test="50", val="0", rehash: bool = False,
         "counts": {"hdris": len(per_hdri), "clips": len(rows), "frames": sum(r["n_frames"] for r in rows),
                    "augmentations": sum(len(r["augs"]) for r in rows),
                    "ldr_frames": sum(len(a["frames"]) for r in rows for a in r["augs"]),
-                   "captions": sum(1 for r in rows if r["caption"] is not None), "files": len(entries),
+                   "captions": sum(1 for r in rows if r["caption"] is not None), "files": n_files,
                    "skipped_clips": len(skipped)},
-        "bytes": {"total": sum(f.bytes for f in entries), **dict(sorted(ext_bytes.items()))},
+        "bytes": {"total": total_bytes, **dict(sorted(ext_bytes.items()))},
         "settings": {"render": _distinct(json.loads(r["render_settings"]) for r in rows),
                      "augment": _distinct(a for s in scans for a in s.aug_settings),
                      "caption": _distinct(s.caption_settings for s in scans if s.caption_settings)},
@@ -445,10 +528,13 @@ def build(root: str, *, seed: int = 0, test="50", val="0", rehash: bool = False,
         return BuildResult(None, parent_record,
                            f"no change since {parent} (root hash {rhash[:16]}...): no new version written")
     version = version_name(int(parent[1:]) + 1 if parent else 1)
+    for sc in scans:  # the files column: a tuple per file (not a dict), the scan's entries freed as it goes
+        sc.row["files"] = [tuple(getattr(f, n) for n in _FILE_FIELDS) for f in sorted(sc.files, key=lambda f: f.path)]
+        sc.files = []
     _publish(store, version, rows, record)
     msg = (f"wrote {version}: {len(rows)} clips from {len(per_hdri)} HDRIs "
            f"(train {split_counts['train']}, val {split_counts['val']}, test {split_counts['test']}), "
-           f"{len(entries)} files, {record['bytes']['total'] / 1e6:.1f} MB, root hash {rhash[:16]}...")
+           f"{n_files} files, {record['bytes']['total'] / 1e6:.1f} MB, root hash {rhash[:16]}...")
     if skipped:
         msg += f"; {len(skipped)} incomplete clips left out"
     return BuildResult(version, record, msg)

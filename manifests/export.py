@@ -122,7 +122,9 @@ def _export_hf(m: Manifest, put, stage: Path) -> None:
         rows = [{"key": c.key, "hdri_id": c.hdri_id, "hdri_sha256": c.hdri_sha256, "clip_id": c.clip_id,
                  "program": c.program, "split": c.split, "n_frames": c.n_frames, "width": c.width,
                  "height": c.height, "frames": c.frames, "caption": c.caption, "overexposed": c.overexposed,
-                 "underexposed": c.underexposed, "dr_stops": c.dr_stops, "clip_hash": c.clip_hash} for c in clips]
+                 "underexposed": c.underexposed, "dr_stops": c.dr_stops, "clip_hash": c.clip_hash,
+                 "hdri_source": c.hdri_source, "hdri_source_id": c.hdri_source_id, "hdri_license": c.hdri_license,
+                 "hdri_category": c.hdri_category, "hdri_page": c.hdri_page} for c in clips]
         augs = [{"key": c.key, "aug_id": a.aug_id, "kind": a.kind, "preset": a.preset, "frames": a.frames,
                  "over": a.over, "under": a.under, "params": json.dumps(a.params, sort_keys=True)}
                 for c in clips for a in c.augs]
@@ -159,7 +161,36 @@ from datasets import load_dataset
 clips = load_dataset("path/to/this/folder", "clips", split="train")
 ```
 """
+    body += _attribution(m.clips())
     put("README.md", ("\n".join(yaml) + "\n" + body).encode("utf-8"))
+
+
+def _attribution(clips) -> str:
+    """The card's attribution: per source of the HDRIs used, their licences and authors (CC0 maps are credited
+    too); maps without a source record are counted."""
+    maps: dict[str, dict] = {}
+    for c in clips:
+        maps.setdefault(c.hdri_id, {"source": c.hdri_source, "license": c.hdri_license, "authors": c.hdri_authors})
+    by_source: dict[str, list[dict]] = {}
+    unknown = 0
+    for rec in maps.values():
+        if rec["source"] is None:
+            unknown += 1
+        else:
+            by_source.setdefault(rec["source"], []).append(rec)
+    lines = ["", "## Attribution", ""]
+    def n_maps(n: int) -> str:
+        return f"{n} HDRI{'s' if n != 1 else ''}"
+
+    for src, recs in sorted(by_source.items()):
+        licences = sorted({r["license"] or "unknown licence" for r in recs})
+        authors = sorted({a for r in recs for a in (r["authors"] or ())})
+        lines.append(f"* {src}: {n_maps(len(recs))}, licence {', '.join(licences)}; authors: "
+                     f"{', '.join(authors) or 'not recorded'}.")
+    if unknown:
+        lines.append(f"* {n_maps(unknown)} without a source record (rendered without `_sources.json`): check their "
+                     "licences before publishing.")
+    return "\n".join(lines) + "\n"
 
 
 def _wds_key(key: str) -> str:

@@ -35,9 +35,9 @@ from tqdm import tqdm
 
 from hdr import __version__, cli
 from hdr.storage import atomic_write_json, human_bytes
+from render.hdri import SOURCES_FILE  # its one home: render.hdri reads the file
 
 DEFAULT_API = "https://api.polyhaven.com"
-SOURCES_FILE = "_sources.json"
 PARTIAL_DIR = ".partial"  # a dot-dir: render's HDRI scan skips it
 FORMATS = ("exr", "hdr")
 LICENSE = "CC0"

@@ -1,15 +1,21 @@
-"""Finding HDRIs: the input folder (recursively) or the maps that ship inside the ``bpy`` wheel."""
+"""Finding HDRIs: the input folder (recursively) or the maps that ship inside the ``bpy`` wheel; and their source
+records (``<hdris root>/_sources.json``, written by ``python -m render.fetch``)."""
 from __future__ import annotations
 
 import importlib.util
+import json
+import posixpath
 import re
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from hdr.dataset.records import RecordError, check_source
 from hdr.storage import Store
 
 HDR_SUFFIXES = (".exr", ".hdr")
 LDR_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".webp", ".bmp", ".gif")
+SOURCES_FILE = "_sources.json"  # {"maps": {file name: source record}, ...} (render.fetch writes it)
 
 
 @dataclass(frozen=True)
@@ -50,3 +56,31 @@ def discover(store: Store) -> tuple[list[HdriEntry], list[tuple[str, str]]]:
         ids[hid] = rel
         entries.append(HdriEntry(rel=rel, hdri_id=hid))
     return entries, skipped
+
+
+def read_sources(store: Store, entries: list[HdriEntry], warn=None) -> dict[str, dict]:
+    """rel -> source record of every entry found in ``<root>/_sources.json`` (keyed by file name: the entry's rel,
+    else its base name). No file: {}. Metadata is never fatal: a malformed file, or a record that fails
+    :func:`hdr.dataset.records.check_source`, is one warning naming the file, and those maps get no record."""
+    warn = warn or (lambda msg: print(msg, file=sys.stderr))
+    if not store.exists(SOURCES_FILE):
+        return {}
+    where = store.uri(SOURCES_FILE)
+    try:
+        maps = json.loads(store.read_bytes(SOURCES_FILE))["maps"]
+        if not isinstance(maps, dict):
+            raise TypeError("'maps' is not an object")
+    except (ValueError, KeyError, TypeError, UnicodeDecodeError, OSError) as e:
+        warn(f"warning: {where}: not a sources file (expected JSON with a 'maps' object; {type(e).__name__}: {e}); "
+             "the HDRIs are rendered without source records")
+        return {}
+    out = {}
+    for e in entries:
+        name = e.rel if e.rel in maps else posixpath.basename(e.rel)
+        if name not in maps:
+            continue
+        try:
+            out[e.rel] = check_source(maps[name], f"{where}: maps.{name}")
+        except RecordError as err:
+            warn(f"warning: {err}; {e.rel} rendered without its source record")
+    return out

@@ -572,8 +572,9 @@ def render_hdri(task: HdriTask) -> HdriResult:
     out = Store(task.out_url)
     result = HdriResult(hdri_id=task.hdri_id, hdri=task.hdri_rel, node=_node())
     todo = []
+    states = layout.hdri_clip_states(out, task.hdri_id, s.programs, s.fingerprint())  # one listing of the HDRI
     for program in s.programs:
-        state, detail = layout.clip_state(out, task.hdri_id, program, s.fingerprint())
+        state, detail = states[program]
         if state == "complete" and not s.overwrite:
             result.clips[program] = {"status": "skipped", "detail": detail}
         elif state == "conflict" and not s.overwrite:

@@ -140,12 +140,13 @@ def estimate_task_memory(store: Store, rel: str) -> int:
 
 
 def _states(out: Store, entries, settings: RenderSettings) -> dict:
-    """(hdri_id, program) -> (state, detail), listed in parallel (object stores pay a round trip per clip)."""
-    keys = [(e.hdri_id, p) for e in entries for p in settings.programs]
+    """(hdri_id, program) -> (state, detail): one listing per HDRI (:func:`hdr.dataset.layout.hdri_clip_states`; on
+    an object store one recursive LIST of its prefix, plus a GET of each clip.json), HDRIs listed in parallel."""
     fp = settings.fingerprint()
+    hdri_ids = list(dict.fromkeys(e.hdri_id for e in entries))
     with ThreadPoolExecutor(16) as pool:
-        states = pool.map(lambda k: layout.clip_state(out, k[0], k[1], fp), keys)
-        return dict(zip(keys, states))
+        per_hdri = pool.map(lambda h: layout.hdri_clip_states(out, h, settings.programs, fp), hdri_ids)
+        return {(h, p): st for h, states in zip(hdri_ids, per_hdri) for p, st in states.items()}
 
 
 def _probe(settings: RenderSettings, hdris_url: str, in_store: Store, entries, states: dict, use_ray: bool,
@@ -303,14 +304,15 @@ def main(argv=None) -> int:
             out.remove(FAILURES_FILE)  # stale: this run completed everything it was asked for
         return ""
 
+    sources = hdri_mod.read_sources(in_store, todo_entries)  # _sources.json (render.fetch) -> clip.json hdri.source
     run = cli.StageRun(
         stage="render", fn=render_hdri, store=out, argv=argv, total=n_todo * args.frames, unit="frame", progress=True,
         postfix=("rendered", "failed"),
-        tasks=[HdriTask(hdris_url, e.rel, e.hdri_id, args.root, settings) for e in todo_entries],
+        tasks=[HdriTask(hdris_url, e.rel, e.hdri_id, args.root, settings, sources.get(e.rel)) for e in todo_entries],
         counts={"rendered": 0, "skipped": n_done, "conflict": len(conflicting), "failed": 0}, problems=conflicting,
         on_result=on_result, on_error=on_error, memory_of=lambda t: estimate_task_memory(in_store, t.hdri_rel),
         record={"settings": dataclasses.asdict(settings), "hdris": hdris_url,
-                "cpus_per_task": {"value": cpus, "why": cpus_why},
+                "cpus_per_task": {"value": cpus, "why": cpus_why}, "source_records": len(sources),
                 "execution": {"ray": use_ray, "why": in_process or ("--no-ray" if args.no_ray else "Ray")}},
         finish=finish,
         reads=(hdris_url,), writes=(args.root,),

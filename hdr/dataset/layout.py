@@ -22,6 +22,7 @@ import posixpath
 import re
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 from hdr.storage import Store, UnsafePathError, check_rel
 
@@ -69,7 +70,21 @@ def aug_id(kind: str, preset: str, index: int) -> str:
 
 
 def list_files(store: Store, rel: str) -> dict[str, int]:
-    """name -> size of the files directly inside ``rel`` (one listing call, also on object stores)."""
+    """name -> size of the files directly inside ``rel`` (one listing call, also on object stores; symlinks are
+    followed for the size, a dangling one has size 0)."""
+    if store.is_local:
+        out = {}
+        try:
+            with os.scandir(store.path(rel)) as it:
+                for e in it:
+                    if not e.is_dir():
+                        try:
+                            out[e.name] = e.stat().st_size
+                        except FileNotFoundError:
+                            out[e.name] = 0
+        except (FileNotFoundError, NotADirectoryError):
+            return {}
+        return out
     try:
         entries = store.fs.ls(store.path(rel), detail=True)
     except FileNotFoundError:
@@ -78,22 +93,60 @@ def list_files(store: Store, rel: str) -> dict[str, int]:
             for e in entries if e.get("type") != "directory"}
 
 
-def clip_state(store: Store, hdri_id: str, clip_id: str, fingerprint: dict | None = None) -> tuple[str, str]:
+def hdri_names(store: Store) -> list[str]:
+    """The HDRI folders at the top of the root (:func:`is_hdri_name`), sorted; one listing."""
+    try:
+        entries = store.fs.ls(store.path(), detail=True)
+    except FileNotFoundError:
+        return []
+    names = (posixpath.basename(e["name"].rstrip("/")) for e in entries if e.get("type") == "directory")
+    return sorted(n for n in names if is_hdri_name(n))
+
+
+def clip_files(store: Store, hdri_id: str, clip_ids=None) -> dict[str, dict[str, int]]:
+    """clip_id -> {name: bytes} of the files directly inside each clip folder of one HDRI (``clip_ids``: only those,
+    where the store can list them one by one). An object store is listed ONCE, recursively, for the whole HDRI prefix
+    (:meth:`hdr.storage.Store.list_tree`: one paginated LIST), not once per folder; a local root once per clip
+    folder. Folders starting with "." are skipped."""
+    if store.is_local:
+        if clip_ids is None:
+            try:
+                with os.scandir(store.path(hdri_id)) as it:
+                    clip_ids = [e.name for e in it if e.is_dir() and not e.name.startswith(".")]
+            except (FileNotFoundError, NotADirectoryError):
+                return {}
+        out = {c: list_files(store, clip_rel(hdri_id, c)) for c in clip_ids}
+        return {c: files for c, files in out.items() if files or os.path.isdir(store.path(clip_rel(hdri_id, c)))}
+    out: dict[str, dict[str, int]] = {}
+    for rel, info in store.list_tree(hdri_id).items():
+        parts = rel.split("/")
+        folder = out.setdefault(parts[0], {}) if len(parts) > 1 else None
+        if len(parts) == 2:
+            folder[parts[1]] = int(info.get("size") or 0)
+    return out
+
+
+def clip_state(store: Store, hdri_id: str, clip_id: str, fingerprint: dict | None = None,
+               files: dict[str, int] | None = None, meta: dict | None = None) -> tuple[str, str]:
     """("complete" | "missing" | "partial" | "conflict", detail).
 
     "partial": frames without a valid clip.json, or clip.json whose frames are missing or of another size (a crash or a
     tampered folder; the clip is redone). "conflict": complete, but rendered with other settings than ``fingerprint``
     (a setting recorded only when it is not its default, like the shutter, differs when either side has it).
+    ``files``: the folder's listing (name -> bytes, :func:`clip_files`) when the caller has it, else it is listed here;
+    ``meta``: clip.json as parsed (its ``frames`` and ``settings``) when the caller read it, else it is read here.
     """
     rel = clip_rel(hdri_id, clip_id)
-    files = list_files(store, rel)
+    if files is None:
+        files = list_files(store, rel)
     if not files:
         return "missing", "nothing rendered yet"
     if CLIP_JSON not in files:
         n = sum(1 for f in files if f.startswith("frame_"))
         return "partial", f"{n} frame files but no {CLIP_JSON}"
     try:
-        meta = json.loads(store.read_bytes(f"{rel}/{CLIP_JSON}"))
+        if meta is None:
+            meta = json.loads(store.read_bytes(f"{rel}/{CLIP_JSON}"))
         frames = meta["frames"]
     except (ValueError, KeyError, OSError) as e:
         return "partial", f"unreadable {CLIP_JSON}: {e}"
@@ -112,20 +165,34 @@ def clip_state(store: Store, hdri_id: str, clip_id: str, fingerprint: dict | Non
     return "complete", f"{len(frames)} frames"
 
 
+def hdri_clip_states(store: Store, hdri_id: str, clip_ids, fingerprint: dict | None = None) -> dict[str, tuple]:
+    """clip_id -> :func:`clip_state` for several clips of one HDRI from one listing (:func:`clip_files`); clip.json
+    is read only for the clips that have one. What resume planning calls once per HDRI."""
+    clip_ids = list(clip_ids)
+    listing = clip_files(store, hdri_id, clip_ids)
+    return {c: clip_state(store, hdri_id, c, fingerprint, files=listing.get(c, {})) for c in clip_ids}
+
+
 def finished_augs(store: Store, hdri_id: str, clip_id: str) -> list[str]:
     """aug_ids of the published augmentations (those with an aug.json) of one clip, sorted."""
     pattern = f"{aug_rel(hdri_id, clip_id, '*')}/{AUG_JSON}"
     return sorted(rel.split("/")[-2] for rel in store.glob(pattern))
 
 
-def finished_clips(store: Store) -> set[tuple[str, str]]:
-    """(hdri_id, clip_id) of every published clip.json (one listing; cheap on object stores)."""
-    out = set()
-    for rel in store.glob(f"*/*/{CLIP_JSON}"):
-        hdri_id, clip_id, _ = rel.split("/")
-        if is_hdri_name(hdri_id):
-            out.add((hdri_id, clip_id))
+def clip_tree(store: Store, threads: int = 16) -> dict[tuple[str, str], dict[str, int]]:
+    """(hdri_id, clip_id) -> {name: bytes} of every clip folder of the root: one listing of the root, then
+    :func:`clip_files` per HDRI (on an object store one recursive LIST per HDRI prefix), ``threads`` at a time."""
+    hdris = hdri_names(store)
+    out = {}
+    with ThreadPoolExecutor(max(1, min(threads, len(hdris)))) as pool:
+        for h, clips in zip(hdris, pool.map(lambda h: clip_files(store, h), hdris)):
+            out.update(((h, c), files) for c, files in clips.items())
     return out
+
+
+def finished_clips(store: Store) -> set[tuple[str, str]]:
+    """(hdri_id, clip_id) of every published clip.json (:func:`clip_tree`: one listing per HDRI, not per folder)."""
+    return {k for k, files in clip_tree(store).items() if CLIP_JSON in files}
 
 
 def write_run_record(store: Store, stage: str, started: float, argv: list | None, **fields) -> dict:

@@ -20,7 +20,7 @@ import pyarrow.parquet as pq
 from hdr.storage import Store
 from hdr.dataset.layout import (MANIFEST_DIR, ManifestError, check_inside, check_paths, list_versions, real_root,
                              version_files, version_name)
-from hdr.dataset.rows import RECORD_COLUMNS, SCHEMA_ID, SPLITS, ClipRecord, record_from_row
+from hdr.dataset.rows import RECORD_COLUMNS, SCHEMA_ID, SOURCE_COLUMNS, SPLITS, ClipRecord, record_from_row
 
 
 def _split_url(path: str) -> tuple[str, str]:
@@ -60,8 +60,10 @@ class Manifest:
         if verify_file and digest != self.meta.get("manifest_sha256"):
             raise ManifestError(f"{self.path}: its SHA-256 differs from the one in {posixpath.basename(jrel)} "
                                 "(the version was modified after it was published)")
-        try:
-            self._table = pq.read_table(self._local, columns=RECORD_COLUMNS)
+        try:  # columns added since (SOURCE_COLUMNS) are absent from older versions: they read as null
+            names = set(pq.read_schema(self._local).names)
+            self._table = pq.read_table(self._local, columns=[c for c in RECORD_COLUMNS
+                                                              if c in names or c not in SOURCE_COLUMNS])
         except (pa.ArrowInvalid, OSError, KeyError) as e:
             raise ManifestError(f"{self.path}: not a readable manifest ({e})") from None
         self._check_paths(self._table)

@@ -160,6 +160,26 @@ def _need(d: dict, key: str, tp, where: str):
     return d[key]
 
 
+# clip.json hdri.source: the map's record from _sources.json (python -m render.fetch); other keys are kept as they are
+SOURCE_FIELDS = {"id": str, "name": str, "authors": dict | list[str], "license": str, "license_url": str,
+                 "categories": list[str], "tags": list[str], "url": str, "page": str, "md5": str | None,
+                 "resolution": str, "format": str, "source": str}
+
+
+def check_source(rec, where: str) -> dict:
+    """Validate one HDRI source record (a dict with a string ``id``; the fields of SOURCE_FIELDS typed when present;
+    an ``authors`` dict maps name -> credit string); returns it. RecordError names ``where``."""
+    if not isinstance(rec, dict):
+        raise RecordError(f"{where}: expected an object, got {type(rec).__name__}")
+    _need(rec, "id", str, where)
+    for key, tp in SOURCE_FIELDS.items():
+        if key in rec:
+            _check(rec[key], tp, f"{where}.{key}")
+    if isinstance(rec.get("authors"), dict):
+        _check(list(rec["authors"].values()), list[str], f"{where}.authors (credits)")
+    return rec
+
+
 @dataclass(kw_only=True)
 class ClipMeta(Record):
     """``<hdri>/<clip>/clip.json``: one rendered HDR clip. Written last by render; a clip is complete once it exists
@@ -177,7 +197,7 @@ class ClipMeta(Record):
     seed: int
     dataset_seed: int
     seed_derivation: str
-    hdri: dict  # the source map: relative path, sha256, size, bad-texel repair
+    hdri: dict  # the map: relative path, sha256, size, bad-texel repair; "source": its record (check_source)
     program_params: dict
     camera: dict
     output: dict  # resolution [w, h], frame_count, format, pixel type, compression
@@ -193,6 +213,8 @@ class ClipMeta(Record):
             _need(fr, "index", int, w)
             layout.check_name(_need(fr, "file", str, w), f"{where}: frames[{i}].file")
             _need(fr, "bytes", int, w)
+        if "source" in self.hdri:
+            check_source(self.hdri["source"], f"{where}: hdri.source")
         res = self.output.get("resolution") or self.settings.get("resolution")
         _check(res, list[int], f"{where}: output.resolution")
         if len(res) != 2:
