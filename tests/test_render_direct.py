@@ -150,6 +150,11 @@ def test_filter_and_sampling_rules():
     # the default: samples <= 0.25 texel apart, at least 2x2 per pixel, at most 9 x 1280 x 720 per frame
     assert quality_sampling(0.2, 1280, 720) == (2, 0) and quality_sampling(0.7, 1280, 720) == (3, 0)
     assert quality_sampling(1.9, 128, 64) == (8, 0)
+    # past the budget, the full-resolution map while the budget samples it <= 1/3 texel apart: a 4k map at 720p (0.8
+    # texels per pixel) at the budget's 3x3 (its 2x2-box level at 2x2 was 49 dB from the dense expectation next to a
+    # small sun, level 0 at 3x3 69 dB); a 4k map at 320x180 at 12x12
+    assert quality_sampling(0.8, 1280, 720) == (3, 0) and quality_sampling(1.01, 1280, 720) == (3, 1)
+    assert quality_sampling(3.3, 320, 180) == (12, 0) and quality_sampling(4.1, 320, 180)[1] == 1
     for w, h in ((1280, 720), (320, 180)):  # a 16k map: mip levels keep the cost per frame bounded
         tpp_16k = texels_per_pixel(18.0, w, h, 8192)
         k, level = quality_sampling(tpp_16k, w, h)
