@@ -284,3 +284,27 @@ def test_released_diffsynth_lora_over_a_manifest_test_split_then_evaluate(manife
     assert sorted(c["rel"] for c in metrics["clips"]) == test_keys
     for c in metrics["clips"]:
         assert all(np.isfinite(c["metrics"][m]) for m in ("psnr_t", "ssim_t", "psnr_pu21")), c
+
+
+def test_the_released_diffhdr_lora_key_names_are_recognised_and_converted():
+    """The released DiffHDR LoRA (DiffSynth, --lora_base_model vace): rank 32 on the 8 VACE blocks of the 14B model,
+    self/cross attention q, k, v, o and ffn.0/ffn.2, PEFT's adapter name kept (the key names a ComfyUI node
+    for it lists in its test fixture); tiny shapes here."""
+    import torch
+
+    from train.diffhdr.lora_layouts import detect_layout, to_diffusers
+
+    sd = {}
+    for n in range(8):
+        for mod in [f"{a}.{p}" for a in ("self_attn", "cross_attn") for p in "qkvo"] + ["ffn.0", "ffn.2"]:
+            sd[f"vace_blocks.{n}.{mod}.lora_A.default.weight"] = torch.randn(4, 6)
+            sd[f"vace_blocks.{n}.{mod}.lora_B.default.weight"] = torch.randn(6, 4)
+    assert detect_layout(sd) == "diffsynth"
+    out, info = to_diffusers(sd)
+    assert len(out) == len(sd) == 160
+    o_b = sd["vace_blocks.7.cross_attn.o.lora_B.default.weight"]
+    assert torch.equal(out["transformer.vace_blocks.7.attn2.to_out.0.lora_B.weight"], o_b)
+    assert {"transformer.vace_blocks.0.ffn.net.0.proj.lora_A.weight",
+            "transformer.vace_blocks.3.attn1.to_k.lora_A.weight"} <= out.keys()
+    assert set(info.ranks) == {4} and info.modules == 80 and info.branches == "vace blocks"
+    assert "peft-adapter-name" in info.variants
