@@ -39,9 +39,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import yaml
 
-from hdr.cli import CliError, resolve_device
+from hdr.cli import CliError, load_yaml_mapping, resolve_device
 from hdr.color import log_gamma_inverse
 from hdr.dataset.layout import HDR_FRAME_GLOB, frame_name
 from hdr.io import LdrImageError, read_ldr
@@ -293,13 +292,7 @@ def read_config(args, lora: Path) -> tuple[Path, dict]:
             raise InferError(f"{cfg_path}: --config file not found")
         raise InferError(f"{lora}: no config.yaml beside this LoRA (a released LoRA comes without one): pass "
                          "--config with at least model.pretrained (docs/train-diffhdr.md, Released LoRAs)")
-    try:
-        cfg = yaml.safe_load(cfg_path.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise InferError(f"{cfg_path}: not valid YAML ({str(e).splitlines()[0]})") from None
-    if not isinstance(cfg, dict):
-        raise InferError(f"{cfg_path}: a run config is a mapping (model:, data:, flow:)")
-    return cfg_path, cfg
+    return cfg_path, load_yaml_mapping(cfg_path, error=InferError, what="a run config (model:, data:, flow:)")
 
 
 def read_lora_any_layout(lora: Path, quiet: bool = False) -> tuple[dict, LoraInfo]:
